@@ -1,0 +1,117 @@
+"""Local training: E epochs of plain minibatch SGD, and the Flower `ClientApp` around it."""
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict, UserConfig
+from flwr.clientapp import ClientApp
+from omegaconf import DictConfig
+from torch import nn
+
+from .config import run_settings
+from .data import client_partitions, load_data
+from .models import build_model, resolve_device
+
+PARTITION_ID_KEY = "partition-id"
+
+
+def train_local(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int | None,
+    lr: float,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Run `epochs` (E) of SGD with minibatch `batch_size` (B; None = all) at rate `lr`.
+
+    The local data is reshuffled each epoch with `generator`; returns the mean
+    minibatch loss over all local steps.
+    """
+    num_examples = len(labels)
+    step = num_examples if batch_size is None else min(batch_size, num_examples)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    loss_sum = torch.zeros((), device=images.device)
+    num_steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(num_examples, generator=generator).to(images.device)
+        epoch_images, epoch_labels = images[order], labels[order]
+        for start in range(0, num_examples, step):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(
+                model(epoch_images[start : start + step]), epoch_labels[start : start + step]
+            )
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            num_steps += 1
+    return float(loss_sum) / num_steps
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Seed for one client's shuffling in one round, derived from the run's seed."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+@lru_cache(maxsize=128)
+def _partition_data(cfg: DictConfig, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This client's images and labels, on the run's device, built once per process."""
+    data = load_data(cfg)
+    indices = torch.from_numpy(client_partitions(cfg)[partition_id])
+    device = resolve_device(cfg.device)
+    return data.train_images[indices].to(device), data.train_labels[indices].to(device)
+
+
+@lru_cache(maxsize=2)
+def _model(name: str, device: str) -> nn.Module:
+    """One model object per process, its weights replaced by each message."""
+    return build_model(name).to(device)
+
+
+def train(msg: Message, context: Context, fallback: UserConfig | None = None) -> Message:
+    """Train the received global model on this node's partition and reply with it."""
+    cfg = run_settings(context, fallback)
+    partition_id = int(context.node_config[PARTITION_ID_KEY])
+    server_round = int(msg.content["config"]["server-round"])
+    torch.set_num_threads(cfg.client_resources.num_cpus)
+    images, labels = _partition_data(cfg, partition_id)
+    model = _model(cfg.model.name, str(images.device))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
+    loss = train_local(
+        model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"train-loss": loss, "num-examples": len(labels)}),
+            "client": ConfigRecord({PARTITION_ID_KEY: partition_id}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the server which data partition this node holds."""
+    partition_id = int(context.node_config[PARTITION_ID_KEY])
+    content = RecordDict({"client": ConfigRecord({PARTITION_ID_KEY: partition_id})})
+    return Message(content=content, reply_to=msg)
+
+
+def make_client_app(run_config: UserConfig | None = None) -> ClientApp:
+    """Build the `ClientApp`; `run_config` is used where `Context.run_config` has no value."""
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, run_config)
+
+    app.query()(identify)
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,133 @@
+"""Hydra entry point: `python -m fedavg_mnist.main [key=value ...]` runs one FedAvg simulation."""
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import register_schema, to_run_config, validate
+from .data import client_partitions, load_data
+from .errors import UserError
+from .models import resolve_device
+from .results import RESULTS_FILE, load_results
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_GROUPS = ("model", "partition")
+
+register_schema()
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Reject an unknown `model=`/`partition=` choice in one line, before Hydra's report."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or key not in CONFIG_GROUPS:
+            continue
+        known = sorted(path.stem for path in (CONF_DIR / key).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in known:
+                raise UserError(f"unknown {key} {choice!r}: choose one of {', '.join(known)}")
+
+
+def prepare_output_dir(output_dir: Path, allow_existing_results: bool = False) -> None:
+    """Make sure results can be written there and none would be overwritten."""
+    results = output_dir / RESULTS_FILE
+    if results.exists() and not allow_existing_results:
+        raise UserError(f"{results} already exists: choose another hydra.run.dir")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output directory {output_dir} is not writable: {err.strerror or err}") from err
+
+
+def quiet_libraries(verbose: bool) -> dict[str, object]:
+    """Keep Flower's and Ray's logs out of the way unless `verbose`; return Ray's init args."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if verbose:
+        return {}
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    return {"logging_level": "error", "log_to_driver": False}
+
+
+def run(cfg: DictConfig) -> Path:
+    """Validate, launch the Flower simulation and return the results file."""
+    init_args = quiet_libraries(cfg.verbose)
+    from flwr.simulation import run_simulation
+
+    from .client import make_client_app
+    from .server import make_server_app
+
+    validate(cfg)
+    resolve_device(cfg.device)
+    cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    output_dir = Path(cfg.output_dir)
+    prepare_output_dir(output_dir)
+    load_data(cfg)
+    client_partitions(cfg)
+
+    run_config = to_run_config(cfg)
+    run_simulation(
+        server_app=make_server_app(run_config),
+        client_app=make_client_app(run_config),
+        num_supernodes=cfg.num_clients,
+        backend_config={
+            "client_resources": {
+                "num_cpus": cfg.client_resources.num_cpus,
+                "num_gpus": cfg.client_resources.num_gpus,
+            },
+            "init_args": init_args,
+        },
+        verbose_logging=cfg.verbose,
+    )
+    return output_dir / RESULTS_FILE
+
+
+def print_summary(results_path: Path) -> None:
+    """One line: best accuracy, rounds to target, where the results are."""
+    results = load_results(results_path)
+    target = results["target_accuracy"]
+    reached = results["rounds_to_target"]
+    to_target = f"round {reached}" if reached is not None else "not reached"
+    print(
+        f"best accuracy {results['best_accuracy']:.4f} (round {results['best_round']}); "
+        f"target {target:.2%}: {to_target}; "
+        f"{results['completed_rounds']} rounds in {results['wall_seconds']:.1f}s; "
+        f"results: {results_path}",
+        flush=True,
+    )
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Run one configuration; bad input ends in one line on stderr and exit status 2."""
+    try:
+        print_summary(run(cfg))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def cli() -> None:
+    """Console entry: check group choices, then hand over to Hydra."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

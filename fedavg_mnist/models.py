@@ -1,0 +1,74 @@
+"""The paper's two MNIST networks: the 2NN (MLP) and the CNN."""
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+class Mlp(nn.Module):
+    """2NN: 784-200-200-10 with ReLU (199,210 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(28 * 28, 200),
+            nn.ReLU(),
+            nn.Linear(200, 200),
+            nn.ReLU(),
+            nn.Linear(200, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits; the softmax lives in the cross-entropy loss."""
+        return self.layers(x)
+
+
+class Cnn(nn.Module):
+    """CNN: 5x5 conv 32, 2x2 pool, 5x5 conv 64, 2x2 pool, FC 512 ReLU, 10 (1,663,370 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits; the softmax lives in the cross-entropy loss."""
+        return self.classifier(self.features(x))
+
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"cnn": Cnn, "mlp": Mlp}
+
+
+def build_model(name: str) -> nn.Module:
+    """Return a freshly initialized model by config name (`cnn` or `mlp`)."""
+    if name not in MODEL_CLASSES:
+        raise UserError(f"unknown model {name!r}: choose one of {', '.join(MODEL_CLASSES)}")
+    return MODEL_CLASSES[name]()
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Count trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map the config's `device` (auto, cpu, cuda) to a torch device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available: use device=auto or cpu")
+    return torch.device(name)

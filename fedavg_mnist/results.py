@@ -1,0 +1,191 @@
+"""Run history: per-round records, rounds-to-target, `results.json` and accuracy plots."""
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .config import to_plain_dict
+from .errors import UserError
+
+RESULTS_FILE = "results.json"
+PLOT_FILE = "accuracy.png"
+SCHEMA_VERSION = 1
+_PACKAGES = ("fedavg-mnist", "flwr", "flwr-datasets", "torch", "numpy", "hydra-core", "omegaconf")
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write `document` as JSON so that readers see the old file or the new, never half."""
+    try:
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(handle, 0o644)
+        with os.fdopen(handle, "w") as stream:
+            json.dump(document, stream, indent=2)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Load a `results.json`, given the file or its run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        with open(path) as stream:
+            document: dict[str, Any] = json.load(stream)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read results {path}: {err}") from err
+    return document
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape the results."""
+    versions = {"python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def best_so_far(accuracies: Sequence[float]) -> list[float]:
+    """The monotone curve the paper reads: best test accuracy up to each round."""
+    curve, best = [], float("-inf")
+    for accuracy in accuracies:
+        best = max(best, accuracy)
+        curve.append(best)
+    return curve
+
+
+def rounds_to_target(rounds: Sequence[int], accuracies: Sequence[float], target: float) -> int | None:
+    """First round (>= 1) whose test accuracy reaches `target`, or None if none does."""
+    for server_round, accuracy in zip(rounds, accuracies, strict=True):
+        if server_round >= 1 and accuracy >= target:
+            return server_round
+    return None
+
+
+def summarize(history: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Best accuracy, its round and rounds-to-target of a list of round records."""
+    trained = [record for record in history if record["round"] >= 1]
+    if not trained:
+        return {"best_accuracy": None, "best_round": None, "rounds_to_target": None}
+    best = max(trained, key=lambda record: record["accuracy"])
+    return {
+        "best_accuracy": best["accuracy"],
+        "best_round": best["round"],
+        "rounds_to_target": rounds_to_target(
+            [r["round"] for r in trained], [r["accuracy"] for r in trained], target
+        ),
+    }
+
+
+class RunRecorder:
+    """Keeps a run's history and rewrites `results.json` atomically after every round."""
+
+    def __init__(self, cfg: DictConfig, num_parameters: int) -> None:
+        self.output_dir = Path(cfg.output_dir)
+        self.path = self.output_dir / RESULTS_FILE
+        self.target = float(cfg.target_accuracy)
+        self.history: list[dict[str, Any]] = []
+        self.document: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "config": to_plain_dict(cfg),
+            "versions": library_versions(),
+            "command": " ".join(sys.argv),
+            "num_parameters": num_parameters,
+            "target_accuracy": self.target,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": False,
+            "history": self.history,
+        }
+        self._last_mark = time.perf_counter()
+
+    def record_round(self, server_round: int, accuracy: float, loss: float, eval_seconds: float) -> None:
+        """Append one round's centralized evaluation, print it and save the results."""
+        now = time.perf_counter()
+        seconds = now - self._last_mark
+        self._last_mark = now
+        self.history.append(
+            {
+                "round": server_round,
+                "accuracy": accuracy,
+                "loss": loss,
+                "seconds": seconds,
+                "eval_seconds": eval_seconds,
+            }
+        )
+        print(
+            f"round {server_round:4d}  accuracy {accuracy:.4f}  loss {loss:.4f}  {seconds:6.2f}s",
+            flush=True,
+        )
+        self.save()
+
+    def save(self) -> None:
+        """Write the results so far."""
+        self.document.update(summarize(self.history, self.target))
+        self.document["completed_rounds"] = max((r["round"] for r in self.history), default=0)
+        self.document["wall_seconds"] = sum(r["seconds"] for r in self.history)
+        write_json_atomic(self.path, self.document)
+
+    def finish(self) -> None:
+        """Mark the run finished, save it and draw its accuracy curve."""
+        self.document["finished"] = True
+        self.document["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.save()
+        plot_accuracy([self.document], self.output_dir / PLOT_FILE)
+
+
+def run_label(document: dict[str, Any]) -> str:
+    """Short legend text for a run: model, partition, C, E, B, lr."""
+    cfg = document["config"]
+    partition = cfg["partition"]["_target_"].rsplit(".", 1)[-1].replace("Partitioner", "")
+    batch = "∞" if cfg["batch_size"] is None else cfg["batch_size"]
+    return (
+        f"{cfg['model']['name']} {partition} C={cfg['client_fraction']} "
+        f"E={cfg['local_epochs']} B={batch} η={cfg['lr']}"
+    )
+
+
+def plot_accuracy(documents: Sequence[dict[str, Any]], path: Path, log_x: bool = False) -> None:
+    """Draw test accuracy (best so far) against communication round, with the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for document in documents:
+        trained = [r for r in document["history"] if r["round"] >= 1]
+        rounds = [r["round"] for r in trained]
+        ax.plot(rounds, best_so_far([r["accuracy"] for r in trained]), label=run_label(document))
+    targets = sorted({float(d["target_accuracy"]) for d in documents})
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    if log_x:
+        ax.set_xscale("log")
+    lowest = min(targets, default=0.9)
+    ax.set_ylim(max(0.0, lowest - 0.07), 1.0)
+    ax.set_xlabel("communication round")
+    ax.set_ylabel("test accuracy (best so far)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,186 @@
+"""The server: FedAvg sampling the paper's m clients, centralized evaluation, the `ServerApp`."""
+
+import random
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict, UserConfig
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from .client import PARTITION_ID_KEY
+from .config import num_sampled_clients, run_settings
+from .data import load_data
+from .models import build_model, num_parameters, resolve_device
+from .results import RunRecorder
+
+
+class ClientFailure(RuntimeError):
+    """A sampled client replied with an error instead of a model."""
+
+
+class TargetReached(Exception):
+    """Raised by the evaluation callback to end a run early at its target."""
+
+
+class PaperFedAvg(FedAvg):
+    """FedAvg as in McMahan et al.: exactly m = max(round(C*K), 1) clients per round.
+
+    Flower's FedAvg samples max(int(fraction_train * K), min_train_nodes) nodes with
+    Python's `random` over node IDs, which are random in every run. This strategy
+    samples data partitions instead, from an RNG derived from (seed, round), so a run
+    is reproducible and resumable; replies are averaged in partition order, weighted
+    by `num-examples` as Flower's FedAvg does.
+
+    Parameters
+    ----------
+    num_train_nodes : int
+        m, the number of clients trained each round.
+    node_of_partition : dict[int, int]
+        Node ID holding each partition ID (see `discover_partitions`).
+    seed : int
+        The run's seed.
+    """
+
+    def __init__(self, num_train_nodes: int, node_of_partition: dict[int, int], seed: int) -> None:
+        num_nodes = len(node_of_partition)
+        super().__init__(
+            fraction_train=num_train_nodes / num_nodes,
+            fraction_evaluate=0.0,
+            min_train_nodes=num_train_nodes,
+            min_available_nodes=num_nodes,
+        )
+        self.num_train_nodes = num_train_nodes
+        self.node_of_partition = node_of_partition
+        self.seed = seed
+
+    def sample_partitions(self, server_round: int) -> list[int]:
+        """Return the sorted partition IDs trained in `server_round`."""
+        rng = np.random.default_rng([self.seed, server_round])
+        chosen = rng.choice(len(self.node_of_partition), self.num_train_nodes, replace=False)
+        return sorted(int(p) for p in chosen)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global model to this round's m sampled clients."""
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        node_ids = [self.node_of_partition[p] for p in self.sample_partitions(server_round)]
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the replies in partition order; a failed client fails the run."""
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                raise ClientFailure(f"round {server_round}: a client failed: {reply.error.reason}")
+        if len(replies) != self.num_train_nodes:
+            raise ClientFailure(
+                f"round {server_round}: {len(replies)} of {self.num_train_nodes} clients replied"
+            )
+        replies.sort(key=lambda reply: int(reply.content["client"][PARTITION_ID_KEY]))
+        return super().aggregate_train(server_round, replies)
+
+
+def discover_partitions(grid: Grid, num_nodes: int, timeout: float = 600.0) -> dict[int, int]:
+    """Ask every node for its partition ID; return partition ID -> node ID."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < num_nodes:
+        if time.monotonic() > deadline:
+            raise ClientFailure(f"only {len(node_ids)} of {num_nodes} nodes connected")
+        time.sleep(0.1)
+    queries = [
+        Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
+        for node_id in node_ids
+    ]
+    node_of_partition = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            raise ClientFailure(f"a node failed to report its partition: {reply.error.reason}")
+        partition_id = int(reply.content["client"][PARTITION_ID_KEY])
+        node_of_partition[partition_id] = reply.metadata.src_node_id
+    if sorted(node_of_partition) != list(range(num_nodes)):
+        raise ClientFailure(f"nodes hold partitions {sorted(node_of_partition)}, not 0..{num_nodes - 1}")
+    return node_of_partition
+
+
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
+    """Return (mean cross-entropy loss, accuracy) of `model` on the given examples."""
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    with torch.inference_mode():
+        for start in range(0, len(labels), batch_size):
+            logits = model(images[start : start + batch_size])
+            targets = labels[start : start + batch_size]
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+            correct += (logits.argmax(dim=1) == targets).sum()
+    return float(loss_sum) / len(labels), int(correct) / len(labels)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random` (Flower's sampling), NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None) -> None:
+    """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round."""
+    cfg = run_settings(context, fallback)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg)
+    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
+    model = build_model(cfg.model.name)
+    initial_arrays = ArrayRecord(model.state_dict())
+    model.to(device)
+    recorder = RunRecorder(cfg, num_parameters(model))
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        started = time.perf_counter()
+        loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
+        recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
+        if cfg.stop_at_target and server_round > 0 and accuracy >= cfg.target_accuracy:
+            raise TargetReached
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    strategy = PaperFedAvg(
+        num_train_nodes=num_sampled_clients(cfg.client_fraction, cfg.num_clients),
+        node_of_partition=discover_partitions(grid, cfg.num_clients),
+        seed=cfg.seed,
+    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=cfg.num_rounds,
+            evaluate_fn=evaluate_global,
+        )
+    except TargetReached:
+        pass
+    recorder.finish()
+
+
+def make_server_app(run_config: UserConfig | None = None) -> ServerApp:
+    """Build the `ServerApp`; `run_config` is used where `Context.run_config` has no value."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, context, run_config)
+
+    return app
+
+
+app = make_server_app()

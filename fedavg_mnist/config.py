@@ -105,7 +105,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def to_run_config(cfg: DictConfig) -> UserConfig:
-    """Flatten a resolved config into Flower's `run_config` (dotted keys, scalars)."""
+    """Flatten a resolved config into Flower's `run_config` (dotted keys, scalars).
+
+    `run_config` holds no None: B=null becomes `FULL_BATCH` and other nulls are left out.
+    """
     nested = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(nested, dict)
     if nested["batch_size"] is None:
@@ -120,6 +123,8 @@ def _flatten(node: dict[str, Any], prefix: str, out: UserConfig) -> None:
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             _flatten(value, f"{name}.", out)
+        elif value is None:
+            continue  # absent: the schema's or the partitioner's default applies
         elif isinstance(value, bool | int | float | str):
             out[name] = value
         else:

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -99,7 +100,7 @@ def _download(name: str, directory: Path) -> None:
     errors = []
     for mirror in MNIST_MIRRORS:
         url = f"{mirror}{name}.gz"
-        handle, tmp_name = tempfile.mkstemp(dir=directory, suffix=".gz.part")
+        handle, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part.gz")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
@@ -185,10 +186,12 @@ def partition_indices(
     order = np.random.default_rng(seed).permutation(len(labels))
     partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
     try:
-        return [
-            np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
-            for pid in range(partitioner.num_partitions)
-        ]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pyarrow, inside dataset.sort
+            return [
+                np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
+                for pid in range(partitioner.num_partitions)
+            ]
     except ValueError as err:
         raise UserError(f"invalid partition: {err}") from err
 
@@ -217,6 +220,12 @@ def _client_partitions(partition_json: str, root: str, download: bool, verify: b
     if empty:
         raise UserError(
             f"invalid partition: K={num_clients} leaves client {empty[0]} without examples"
+        )
+    assigned = np.concatenate(parts)
+    if len(assigned) != len(labels) or len(np.unique(assigned)) != len(labels):
+        raise UserError(
+            f"invalid partition: K={num_clients} does not divide the {len(labels)} training "
+            f"examples into partitions ({len(np.unique(assigned))} used, each once expected)"
         )
     return tuple(parts)
 

@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,18 +34,12 @@ def check_group_choices(overrides: list[str]) -> None:
                 raise UserError(f"unknown {key} {choice!r}: choose one of {', '.join(known)}")
 
 
-def prepare_output_dir(output_dir: Path, allow_existing_results: bool = False) -> None:
+def prepare_output_dir(output_dir: Path) -> None:
     """Make sure results can be written there and none would be overwritten."""
     results = output_dir / RESULTS_FILE
-    if results.exists() and not allow_existing_results:
+    if results.exists():
         raise UserError(f"{results} already exists: choose another hydra.run.dir")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output directory {output_dir} is not writable: {err.strerror or err}") from err
+    check_writable_location(output_dir)
 
 
 def quiet_libraries(verbose: bool) -> dict[str, object]:
@@ -62,12 +57,6 @@ def quiet_libraries(verbose: bool) -> dict[str, object]:
 
 def run(cfg: DictConfig) -> Path:
     """Validate, launch the Flower simulation and return the results file."""
-    init_args = quiet_libraries(cfg.verbose)
-    from flwr.simulation import run_simulation
-
-    from .client import make_client_app
-    from .server import make_server_app
-
     validate(cfg)
     resolve_device(cfg.device)
     cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
@@ -76,6 +65,12 @@ def run(cfg: DictConfig) -> Path:
     prepare_output_dir(output_dir)
     load_data(cfg)
     client_partitions(cfg)
+
+    init_args = quiet_libraries(cfg.verbose)
+    from flwr.simulation import run_simulation
+
+    from .client import make_client_app
+    from .server import make_server_app
 
     run_config = to_run_config(cfg)
     run_simulation(
@@ -117,12 +112,63 @@ def main(cfg: DictConfig) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except RuntimeError as err:  # a client or the server failed during the simulation
+        print(f"error: the simulation failed: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """The sweep's first point, and each other value of each swept key tried alone."""
+    choices = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        values = value.split(",") if "," in value and "[" not in value else [value]
+        choices.append([f"{key}={v}" for v in values])
+    base = [options[0] for options in choices]
+    variants = [base]
+    for index, options in enumerate(choices):
+        for option in options[1:]:
+            variants.append(base[:index] + [option] + base[index + 1 :])
+    return variants
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config for the given overrides, so a bad one is one line, not Hydra's report."""
+    from hydra import compose, initialize_config_dir
+
+    check_group_choices(argv)
+    output_dir = Path.cwd()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir", "output_dir"):
+            output_dir = Path(value)
+    prepare_output_dir(output_dir)
+    overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
+    multirun = "-m" in argv or "--multirun" in argv
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for variant in _sweep_variants(overrides) if multirun else [overrides]:
+            try:
+                compose("config", overrides=[*variant, "output_dir=."])
+            except Exception as err:  # Hydra's and OmegaConf's many config errors
+                causes = [err, err.__cause__] if err.__cause__ else [err]
+                reason = "; ".join(str(e).strip().splitlines()[0] for e in causes)
+                raise UserError(f"invalid override: {reason}") from err
+
+
+def check_writable_location(path: Path) -> None:
+    """Fail in one line when `path` cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"output directory {path} is not writable: {err.strerror or err}") from err
 
 
 def cli() -> None:
-    """Console entry: check group choices, then hand over to Hydra."""
+    """Console entry: check the overrides, then hand over to Hydra."""
     try:
-        check_group_choices(sys.argv[1:])
+        check_overrides(sys.argv[1:])
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,71 @@
+"""Fixtures: small IDX files written the way MNIST's are, and helpers to run the CLI."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """Write a uint8 array as an IDX file: magic 0x000008<ndim>, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def synthetic_digits(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose bright row encodes the label, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, num).astype(np.uint8)
+    images = rng.integers(0, 40, (num, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label, :] = 255
+    return images, labels
+
+
+def write_synthetic_mnist(root: Path, num_train: int = 400, num_test: int = 100) -> Path:
+    """Write all four MNIST files (plain IDX) under `<root>/MNIST/raw`."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, num, seed in (("train", num_train, 1), ("t10k", num_test, 2)):
+        images, labels = synthetic_digits(num, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture
+def synthetic_root(tmp_path: Path) -> Path:
+    return write_synthetic_mnist(tmp_path / "data")
+
+
+def real_mnist_root() -> Path:
+    """The real MNIST root from FEDAVG_MNIST_DATA; CI sets it, so there it must exist."""
+    root = os.environ.get("FEDAVG_MNIST_DATA")
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("CI must set FEDAVG_MNIST_DATA to a folder holding MNIST/raw")
+        pytest.skip("set FEDAVG_MNIST_DATA to the real MNIST root to run this test")
+    return Path(root)
+
+
+def run_cli(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `python -m fedavg_mnist.main` with Hydra overrides, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedavg_mnist.main", *overrides],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,136 @@
+"""The real CLI in a subprocess: bad input, a tiny end-to-end run and a sweep."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, write_synthetic_mnist
+
+
+def _tiny(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "model=mlp",
+        "num_clients=4",
+        "client_fraction=0.5",
+        "local_epochs=1",
+        "batch_size=10",
+        "num_rounds=2",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        "dataset.verify_checksums=false",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+def _assert_one_line_error(result, pattern: str, status: int = 2) -> None:
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("model=resnet", "unknown model 'resnet': choose one of cnn, mlp"),
+        ("partition=dirichlet", "unknown partition 'dirichlet'"),
+        ("client_fraction=1.5", "client_fraction must be in [0, 1]"),
+        ("client_fraction=-0.1", "client_fraction must be in [0, 1]"),
+        ("local_epochs=0", "local_epochs must be >= 1"),
+        ("batch_size=0", "batch_size must be >= 1"),
+        ("num_rounds=0", "num_rounds must be >= 1"),
+        ("lr=0", "lr must be > 0"),
+        ("lr=-1", "lr must be > 0"),
+        ("local_epochs=many", "could not be converted to Integer"),
+        ("no_such_key=1", "Could not override 'no_such_key'"),
+    ],
+)
+def test_bad_settings_end_in_one_line(tmp_path: Path, override: str, pattern: str) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(*_tiny(tmp_path / "data", run_dir, override))
+    _assert_one_line_error(result, pattern)
+    assert not (run_dir / "results.json").exists()
+
+
+def test_k_that_does_not_divide_into_shards(synthetic_root: Path, tmp_path: Path) -> None:
+    result = run_cli(*_tiny(synthetic_root, tmp_path / "run", "partition=pathological", "num_clients=7"))
+    _assert_one_line_error(result, "invalid partition")
+
+
+def test_missing_mnist_says_where_to_put_it(tmp_path: Path) -> None:
+    result = run_cli(*_tiny(tmp_path / "empty", tmp_path / "run"))
+    _assert_one_line_error(result, f"MNIST not found: put train-images-idx3-ubyte")
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in result.stderr
+
+
+def test_truncated_mnist_file(synthetic_root: Path, tmp_path: Path) -> None:
+    labels = synthetic_root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-5])
+    result = run_cli(*_tiny(synthetic_root, tmp_path / "run"))
+    _assert_one_line_error(result, "corrupt MNIST file")
+
+
+def test_corrupted_mnist_fails_its_checksum(synthetic_root: Path, tmp_path: Path) -> None:
+    result = run_cli(*_tiny(synthetic_root, tmp_path / "run"), "dataset.verify_checksums=true")
+    _assert_one_line_error(result, "SHA-256 does not match")
+
+
+def test_unwritable_output_dir(synthetic_root: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli(*_tiny(synthetic_root, blocker / "run"))
+    _assert_one_line_error(result, "is not writable")
+
+
+def test_existing_results_are_not_overwritten(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text('{"keep": true}')
+    result = run_cli(*_tiny(synthetic_root, run_dir))
+    _assert_one_line_error(result, "already exists")
+    assert (run_dir / "results.json").read_text() == '{"keep": true}'
+    assert not (run_dir / ".hydra").exists()
+
+
+def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(*_tiny(synthetic_root, run_dir))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["finished"] is True
+    assert [r["round"] for r in results["history"]] == [0, 1, 2]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 and r["seconds"] > 0 for r in results["history"])
+    assert results["config"]["model"]["name"] == "mlp"
+    assert results["config"]["num_clients"] == 4
+    assert results["config"]["batch_size"] == 10
+    assert results["versions"]["flwr"] == "1.41.0"
+    assert results["num_parameters"] == 199_210
+    assert results["completed_rounds"] == 2
+    best = max(r["accuracy"] for r in results["history"][1:])
+    assert results["best_accuracy"] == best
+    assert (run_dir / "accuracy.png").stat().st_size > 1000
+    for round_number in (0, 1, 2):
+        assert f"round {round_number:4d}  accuracy" in result.stdout
+    assert "best accuracy" in result.stdout and str(run_dir / "results.json") in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_same_seed_same_history(synthetic_root: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run_dir in (first, second):
+        assert run_cli(*_tiny(synthetic_root, run_dir, "batch_size=null", "local_epochs=2")).returncode == 0
+    histories = [json.loads((d / "results.json").read_text())["history"] for d in (first, second)]
+    assert [(r["accuracy"], r["loss"]) for r in histories[0]] == [(r["accuracy"], r["loss"]) for r in histories[1]]
+    assert json.loads((first / "results.json").read_text())["config"]["batch_size"] is None
+
+
+def test_multirun_sweep_writes_one_directory_per_point(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [a for a in _tiny(synthetic_root, tmp_path / "unused") if not a.startswith(("local_epochs", "hydra.run"))]
+    result = run_cli("-m", *args, "local_epochs=1,2", "num_rounds=1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    epochs = sorted(json.loads(p.read_text())["config"]["local_epochs"] for p in sweep.glob("*/results.json"))
+    assert epochs == [1, 2]

@@ -1,0 +1,71 @@
+import tomllib
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import PROJECT_ROOT
+from fedavg_mnist.config import from_run_config, register_schema, to_run_config, validate
+from fedavg_mnist.errors import UserError
+
+register_schema()
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["output_dir=/tmp/x", *overrides])
+
+
+def test_defaults_are_the_papers_headline_setting() -> None:
+    cfg = _compose()
+    assert (cfg.model.name, cfg.num_clients, cfg.client_fraction) == ("cnn", 100, 0.1)
+    assert (cfg.local_epochs, cfg.batch_size, cfg.num_rounds) == (5, 10, 20)
+    assert cfg.target_accuracy == 0.99
+    assert _compose("model=mlp").target_accuracy == 0.97
+    validate(cfg)
+
+
+@pytest.mark.parametrize("batch_size", [None, 10])
+def test_run_config_round_trips(batch_size: int | None) -> None:
+    cfg = _compose("partition=pathological", f"batch_size={'null' if batch_size is None else batch_size}")
+    run_config = to_run_config(cfg)
+    assert all(isinstance(v, bool | int | float | str) for v in run_config.values())
+    back = from_run_config(run_config)
+    expected = OmegaConf.to_container(cfg, resolve=True)
+    expected["partition"] = {k: v for k, v in expected["partition"].items() if v is not None}
+    assert OmegaConf.to_container(back, resolve=True) == expected
+    assert back.batch_size is batch_size
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("client_fraction=1.5", "client_fraction must be in \\[0, 1\\]"),
+        ("local_epochs=0", "local_epochs must be >= 1"),
+        ("batch_size=0", "batch_size must be >= 1"),
+        ("num_rounds=0", "num_rounds must be >= 1"),
+        ("lr=0", "lr must be > 0"),
+        ("device=tpu", "device must be one of"),
+    ],
+)
+def test_validate_names_the_bad_setting(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        validate(_compose(override))
+
+
+def test_pyproject_app_config_is_the_hydra_default() -> None:
+    """`flwr run .` reads [tool.flwr.app.config]: it must describe the same run as Hydra's defaults."""
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    flat: dict = {}
+
+    def flatten(node: dict, prefix: str = "") -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flatten(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    flatten(pyproject["tool"]["flwr"]["app"]["config"])
+    from_flwr = OmegaConf.to_container(from_run_config(flat), resolve=True)
+    from_hydra = OmegaConf.to_container(_compose("dataset.root=data", "output_dir=outputs/flwr-run"), resolve=True)
+    assert from_flwr == from_hydra

@@ -1,11 +1,20 @@
 """Local training: E epochs of plain minibatch SGD, and the Flower `ClientApp` around it."""
 
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict, UserConfig
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+    UserConfig,
+)
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 from torch import nn
@@ -59,7 +68,7 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 @lru_cache(maxsize=128)
 def _partition_data(cfg: DictConfig, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This client's images and labels, on the run's device, built once per process."""
+    """Return a client's images and labels on the run's device, built once per process."""
     data = load_data(cfg)
     indices = torch.from_numpy(client_partitions(cfg)[partition_id])
     device = resolve_device(cfg.device)
@@ -72,19 +81,22 @@ def _model(name: str, device: str) -> nn.Module:
     return build_model(name).to(device)
 
 
+def reported_partition_id(content: RecordDict) -> int:
+    """Return the partition ID a client put in its reply."""
+    return cast(int, content.config_records["client"][PARTITION_ID_KEY])
+
+
 def train(msg: Message, context: Context, fallback: UserConfig | None = None) -> Message:
     """Train the received global model on this node's partition and reply with it."""
     cfg = run_settings(context, fallback)
     partition_id = int(context.node_config[PARTITION_ID_KEY])
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = cast(int, msg.content.config_records["config"]["server-round"])
     torch.set_num_threads(cfg.client_resources.num_cpus)
     images, labels = _partition_data(cfg, partition_id)
     model = _model(cfg.model.name, str(images.device))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
-    loss = train_local(
-        model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator
-    )
+    loss = train_local(model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator)
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

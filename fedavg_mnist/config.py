@@ -109,8 +109,7 @@ def to_run_config(cfg: DictConfig) -> UserConfig:
 
     `run_config` holds no None: B=null becomes `FULL_BATCH` and other nulls are left out.
     """
-    nested = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(nested, dict)
+    nested = to_plain_dict(cfg)
     if nested["batch_size"] is None:
         nested["batch_size"] = FULL_BATCH
     flat: UserConfig = {}
@@ -151,7 +150,7 @@ def to_plain_dict(cfg: DictConfig) -> dict[str, Any]:
     """Return the resolved config as JSON-ready nested dicts."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
-    return plain
+    return {str(key): value for key, value in plain.items()}
 
 
 @lru_cache(maxsize=4)
@@ -160,7 +159,7 @@ def _cached_config(items: tuple[tuple[str, bool | int | float | str], ...]) -> D
 
 
 def run_settings(context: Context, fallback: UserConfig | None = None) -> DictConfig:
-    """The run's typed config: `Context.run_config` over `fallback`, parsed once per process.
+    """Return the typed config: `Context.run_config` over `fallback`, parsed once per process.
 
     `flwr run` fills `Context.run_config` from pyproject's `[tool.flwr.app.config]`; the
     deprecated `run_simulation` passes none, so `main` binds the Hydra config as `fallback`.

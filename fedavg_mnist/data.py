@@ -73,9 +73,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(content, ">u4", ndim, offset=4))
     expected = header_len + int(np.prod(shape))
     if len(content) != expected:
-        raise UserError(
-            f"corrupt MNIST file {path}: {len(content)} bytes, header says {expected}"
-        )
+        raise UserError(f"corrupt MNIST file {path}: {len(content)} bytes, header says {expected}")
     return np.frombuffer(content, np.uint8, offset=header_len).reshape(shape)
 
 
@@ -103,7 +101,10 @@ def _download(name: str, directory: Path) -> None:
         handle, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part.gz")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+            with (
+                os.fdopen(handle, "wb") as out,
+                urllib.request.urlopen(url, timeout=30) as response,
+            ):
                 shutil.copyfileobj(response, out)
             if _sha256(tmp) != MNIST_SHA256[name]:
                 raise OSError("SHA-256 mismatch")
@@ -175,9 +176,7 @@ def load_mnist(root: str, download: bool = True, verify: bool = True) -> Mnist:
     )
 
 
-def partition_indices(
-    labels: np.ndarray, partitioner: Partitioner, seed: int
-) -> list[np.ndarray]:
+def partition_indices(labels: np.ndarray, partitioner: Partitioner, seed: int) -> list[np.ndarray]:
     """Split example indices among clients with a flwr-datasets partitioner.
 
     The partitioner sees a label-only table shuffled by `seed`, so IID partitions hold
@@ -208,7 +207,9 @@ def make_partitioner(partition_cfg: DictConfig | dict[str, Any]) -> Partitioner:
 
 
 @lru_cache(maxsize=4)
-def _client_partitions(partition_json: str, root: str, download: bool, verify: bool, seed: int, num_clients: int) -> tuple[np.ndarray, ...]:
+def _client_partitions(
+    partition_json: str, root: str, download: bool, verify: bool, seed: int, num_clients: int
+) -> tuple[np.ndarray, ...]:
     labels = load_mnist(root, download, verify).train_labels.numpy()
     partitioner = make_partitioner(json.loads(partition_json))
     parts = partition_indices(labels, partitioner, seed)

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import hydra
+from flwr.app import ConfigRecordValues
 from omegaconf import DictConfig
 
 from .config import register_schema, to_run_config, validate
@@ -42,7 +43,7 @@ def prepare_output_dir(output_dir: Path) -> None:
     check_writable_location(output_dir)
 
 
-def quiet_libraries(verbose: bool) -> dict[str, object]:
+def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:
     """Keep Flower's and Ray's logs out of the way unless `verbose`; return Ray's init args."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if verbose:
@@ -118,7 +119,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def _sweep_variants(overrides: list[str]) -> list[list[str]]:
-    """The sweep's first point, and each other value of each swept key tried alone."""
+    """Return the sweep's first point, and each other value of each swept key tried alone."""
     choices = []
     for override in overrides:
         key, _, value = override.partition("=")

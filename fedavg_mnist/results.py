@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ def library_versions() -> dict[str, str]:
 
 
 def best_so_far(accuracies: Sequence[float]) -> list[float]:
-    """The monotone curve the paper reads: best test accuracy up to each round."""
+    """Return the monotone curve the paper reads: best test accuracy up to each round."""
     curve, best = [], float("-inf")
     for accuracy in accuracies:
         best = max(best, accuracy)
@@ -71,7 +71,9 @@ def best_so_far(accuracies: Sequence[float]) -> list[float]:
     return curve
 
 
-def rounds_to_target(rounds: Sequence[int], accuracies: Sequence[float], target: float) -> int | None:
+def rounds_to_target(
+    rounds: Sequence[int], accuracies: Sequence[float], target: float
+) -> int | None:
     """First round (>= 1) whose test accuracy reaches `target`, or None if none does."""
     for server_round, accuracy in zip(rounds, accuracies, strict=True):
         if server_round >= 1 and accuracy >= target:
@@ -109,13 +111,15 @@ class RunRecorder:
             "command": " ".join(sys.argv),
             "num_parameters": num_parameters,
             "target_accuracy": self.target,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "finished": False,
             "history": self.history,
         }
         self._last_mark = time.perf_counter()
 
-    def record_round(self, server_round: int, accuracy: float, loss: float, eval_seconds: float) -> None:
+    def record_round(
+        self, server_round: int, accuracy: float, loss: float, eval_seconds: float
+    ) -> None:
         """Append one round's centralized evaluation, print it and save the results."""
         now = time.perf_counter()
         seconds = now - self._last_mark
@@ -145,7 +149,7 @@ class RunRecorder:
     def finish(self) -> None:
         """Mark the run finished, save it and draw its accuracy curve."""
         self.document["finished"] = True
-        self.document["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.document["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         self.save()
         plot_accuracy([self.document], self.output_dir / PLOT_FILE)
 

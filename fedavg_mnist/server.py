@@ -7,12 +7,21 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict, UserConfig
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+    UserConfig,
+)
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from .client import PARTITION_ID_KEY
+from .client import reported_partition_id
 from .config import num_sampled_clients, run_settings
 from .data import load_data
 from .models import build_model, num_parameters, resolve_device
@@ -44,6 +53,7 @@ class PaperFedAvg(FedAvg):
         Node ID holding each partition ID (see `discover_partitions`).
     seed : int
         The run's seed.
+
     """
 
     def __init__(self, num_train_nodes: int, node_of_partition: dict[int, int], seed: int) -> None:
@@ -85,7 +95,7 @@ class PaperFedAvg(FedAvg):
             raise ClientFailure(
                 f"round {server_round}: {len(replies)} of {self.num_train_nodes} clients replied"
             )
-        replies.sort(key=lambda reply: int(reply.content["client"][PARTITION_ID_KEY]))
+        replies.sort(key=lambda reply: reported_partition_id(reply.content))
         return super().aggregate_train(server_round, replies)
 
 
@@ -104,10 +114,12 @@ def discover_partitions(grid: Grid, num_nodes: int, timeout: float = 600.0) -> d
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
             raise ClientFailure(f"a node failed to report its partition: {reply.error.reason}")
-        partition_id = int(reply.content["client"][PARTITION_ID_KEY])
+        partition_id = reported_partition_id(reply.content)
         node_of_partition[partition_id] = reply.metadata.src_node_id
     if sorted(node_of_partition) != list(range(num_nodes)):
-        raise ClientFailure(f"nodes hold partitions {sorted(node_of_partition)}, not 0..{num_nodes - 1}")
+        raise ClientFailure(
+            f"nodes hold partitions {sorted(node_of_partition)}, not 0..{num_nodes - 1}"
+        )
     return node_of_partition
 
 

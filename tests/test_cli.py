@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_synthetic_mnist
+from conftest import run_cli
 
 
 def _tiny(root: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -56,13 +56,15 @@ def test_bad_settings_end_in_one_line(tmp_path: Path, override: str, pattern: st
 
 
 def test_k_that_does_not_divide_into_shards(synthetic_root: Path, tmp_path: Path) -> None:
-    result = run_cli(*_tiny(synthetic_root, tmp_path / "run", "partition=pathological", "num_clients=7"))
+    result = run_cli(
+        *_tiny(synthetic_root, tmp_path / "run", "partition=pathological", "num_clients=7")
+    )
     _assert_one_line_error(result, "invalid partition")
 
 
 def test_missing_mnist_says_where_to_put_it(tmp_path: Path) -> None:
     result = run_cli(*_tiny(tmp_path / "empty", tmp_path / "run"))
-    _assert_one_line_error(result, f"MNIST not found: put train-images-idx3-ubyte")
+    _assert_one_line_error(result, "MNIST not found: put train-images-idx3-ubyte")
     assert str(tmp_path / "empty" / "MNIST" / "raw") in result.stderr
 
 
@@ -102,7 +104,10 @@ def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_pat
     results = json.loads((run_dir / "results.json").read_text())
     assert results["finished"] is True
     assert [r["round"] for r in results["history"]] == [0, 1, 2]
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 and r["seconds"] > 0 for r in results["history"])
+    assert all(
+        0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 and r["seconds"] > 0
+        for r in results["history"]
+    )
     assert results["config"]["model"]["name"] == "mlp"
     assert results["config"]["num_clients"] == 4
     assert results["config"]["batch_size"] == 10
@@ -121,16 +126,29 @@ def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_pat
 def test_same_seed_same_history(synthetic_root: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     for run_dir in (first, second):
-        assert run_cli(*_tiny(synthetic_root, run_dir, "batch_size=null", "local_epochs=2")).returncode == 0
+        assert (
+            run_cli(*_tiny(synthetic_root, run_dir, "batch_size=null", "local_epochs=2")).returncode
+            == 0
+        )
     histories = [json.loads((d / "results.json").read_text())["history"] for d in (first, second)]
-    assert [(r["accuracy"], r["loss"]) for r in histories[0]] == [(r["accuracy"], r["loss"]) for r in histories[1]]
+    assert [(r["accuracy"], r["loss"]) for r in histories[0]] == [
+        (r["accuracy"], r["loss"]) for r in histories[1]
+    ]
     assert json.loads((first / "results.json").read_text())["config"]["batch_size"] is None
 
 
-def test_multirun_sweep_writes_one_directory_per_point(synthetic_root: Path, tmp_path: Path) -> None:
+def test_multirun_sweep_writes_one_directory_per_point(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
-    args = [a for a in _tiny(synthetic_root, tmp_path / "unused") if not a.startswith(("local_epochs", "hydra.run"))]
+    args = [
+        a
+        for a in _tiny(synthetic_root, tmp_path / "unused")
+        if not a.startswith(("local_epochs", "hydra.run"))
+    ]
     result = run_cli("-m", *args, "local_epochs=1,2", "num_rounds=1", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
-    epochs = sorted(json.loads(p.read_text())["config"]["local_epochs"] for p in sweep.glob("*/results.json"))
+    epochs = sorted(
+        json.loads(p.read_text())["config"]["local_epochs"] for p in sweep.glob("*/results.json")
+    )
     assert epochs == [1, 2]

@@ -38,7 +38,8 @@ def test_full_batch_epoch_is_one_gradient_step() -> None:
     loss.backward()
     with torch.no_grad():
         for param in reference.parameters():
-            param -= 0.5 * param.grad
+            assert param.grad is not None
+            param.sub_(0.5 * param.grad)
     for trained, expected in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(trained, expected)
 

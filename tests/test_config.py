@@ -1,10 +1,10 @@
 import tomllib
 
 import pytest
+from conftest import PROJECT_ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import PROJECT_ROOT
 from fedavg_mnist.config import from_run_config, register_schema, to_run_config, validate
 from fedavg_mnist.errors import UserError
 
@@ -27,11 +27,14 @@ def test_defaults_are_the_papers_headline_setting() -> None:
 
 @pytest.mark.parametrize("batch_size", [None, 10])
 def test_run_config_round_trips(batch_size: int | None) -> None:
-    cfg = _compose("partition=pathological", f"batch_size={'null' if batch_size is None else batch_size}")
+    cfg = _compose(
+        "partition=pathological", f"batch_size={'null' if batch_size is None else batch_size}"
+    )
     run_config = to_run_config(cfg)
     assert all(isinstance(v, bool | int | float | str) for v in run_config.values())
     back = from_run_config(run_config)
     expected = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(expected, dict)
     expected["partition"] = {k: v for k, v in expected["partition"].items() if v is not None}
     assert OmegaConf.to_container(back, resolve=True) == expected
     assert back.batch_size is batch_size
@@ -54,7 +57,7 @@ def test_validate_names_the_bad_setting(override: str, message: str) -> None:
 
 
 def test_pyproject_app_config_is_the_hydra_default() -> None:
-    """`flwr run .` reads [tool.flwr.app.config]: it must describe the same run as Hydra's defaults."""
+    """`flwr run .` reads [tool.flwr.app.config]: the same run as Hydra's defaults."""
     pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
     flat: dict = {}
 
@@ -67,5 +70,7 @@ def test_pyproject_app_config_is_the_hydra_default() -> None:
 
     flatten(pyproject["tool"]["flwr"]["app"]["config"])
     from_flwr = OmegaConf.to_container(from_run_config(flat), resolve=True)
-    from_hydra = OmegaConf.to_container(_compose("dataset.root=data", "output_dir=outputs/flwr-run"), resolve=True)
+    from_hydra = OmegaConf.to_container(
+        _compose("dataset.root=data", "output_dir=outputs/flwr-run"), resolve=True
+    )
     assert from_flwr == from_hydra

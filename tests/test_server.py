@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from torch import nn
 
 from fedavg_mnist.client import PARTITION_ID_KEY
@@ -20,7 +28,9 @@ def task_identity():
 
 
 def _reply(arrays: dict[str, np.ndarray], num_examples: int, partition_id: int) -> Message:
-    request = Message(content=RecordDict(), dst_node_id=1000 + partition_id, message_type=MessageType.TRAIN)
+    request = Message(
+        content=RecordDict(), dst_node_id=1000 + partition_id, message_type=MessageType.TRAIN
+    )
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
@@ -38,7 +48,14 @@ def _strategy(num_train_nodes: int, num_nodes: int = 10, seed: int = 0) -> Paper
 def test_aggregate_is_the_sample_weighted_mean() -> None:
     rng = np.random.default_rng(0)
     clients = [
-        ({"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}, n, pid)
+        (
+            {
+                "w": rng.normal(size=(3, 4)).astype(np.float32),
+                "b": rng.normal(size=4).astype(np.float32),
+            },
+            n,
+            pid,
+        )
         for n, pid in ((600, 4), (300, 1), (100, 7))
     ]
     arrays, metrics = _strategy(3).aggregate_train(1, [_reply(*c) for c in clients])
@@ -86,14 +103,17 @@ def test_configure_train_sends_the_model_to_the_sampled_nodes() -> None:
     strategy = _strategy(3, num_nodes=10, seed=0)
     arrays = ArrayRecord({"w": Array(np.ones(2, np.float32))})
     messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid=None))  # type: ignore[arg-type]
-    assert sorted(m.metadata.dst_node_id for m in messages) == [1000 + p for p in strategy.sample_partitions(2)]
+    assert sorted(m.metadata.dst_node_id for m in messages) == [
+        1000 + p for p in strategy.sample_partitions(2)
+    ]
     assert all(m.content["config"]["server-round"] == 2 for m in messages)
 
 
 def test_evaluate_reports_loss_and_accuracy() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    linear = nn.Linear(4, 2, bias=False)
+    model = nn.Sequential(nn.Flatten(), linear)
     with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        linear.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     images = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0]]).reshape(3, 1, 2, 2)
     labels = torch.tensor([0, 1, 1])
     loss, accuracy = evaluate(model, images, labels, batch_size=2)

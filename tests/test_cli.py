@@ -152,3 +152,19 @@ def test_multirun_sweep_writes_one_directory_per_point(
         json.loads(p.read_text())["config"]["local_epochs"] for p in sweep.glob("*/results.json")
     )
     assert epochs == [1, 2]
+
+
+def test_stop_at_target_ends_the_run_at_the_first_round_reaching_it(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        *_tiny(
+            synthetic_root, run_dir, "num_rounds=6", "target_accuracy=0.05", "stop_at_target=true"
+        )
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["finished"] is True
+    assert results["rounds_to_target"] == 1
+    assert [r["round"] for r in results["history"]] == [0, 1]

@@ -223,10 +223,11 @@ def _client_partitions(
             f"invalid partition: K={num_clients} leaves client {empty[0]} without examples"
         )
     assigned = np.concatenate(parts)
-    if len(assigned) != len(labels) or len(np.unique(assigned)) != len(labels):
+    num_used = len(np.unique(assigned))
+    if len(assigned) != len(labels) or num_used != len(labels):
         raise UserError(
             f"invalid partition: K={num_clients} does not divide the {len(labels)} training "
-            f"examples into partitions ({len(np.unique(assigned))} used, each once expected)"
+            f"examples into partitions ({num_used} used, each once expected)"
         )
     return tuple(parts)
 

@@ -138,12 +138,15 @@ def check_overrides(argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     check_group_choices(argv)
-    output_dir = Path.cwd()
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in ("hydra.run.dir", "hydra.sweep.dir", "output_dir"):
-            output_dir = Path(value)
-    prepare_output_dir(output_dir)
+    output_dirs = [
+        Path(value)
+        for key, sep, value in (arg.partition("=") for arg in argv)
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir", "output_dir")
+    ]
+    for output_dir in output_dirs:
+        prepare_output_dir(output_dir)
+    if not output_dirs:  # Hydra's default run directory lies under the working directory
+        check_writable_location(Path.cwd())
     overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
     multirun = "-m" in argv or "--multirun" in argv
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

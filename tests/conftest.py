@@ -60,11 +60,13 @@ def real_mnist_root() -> Path:
     return Path(root)
 
 
-def run_cli(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *overrides: str, timeout: float = 600, cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m fedavg_mnist.main` with Hydra overrides, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "fedavg_mnist.main", *overrides],
-        cwd=PROJECT_ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -168,3 +168,11 @@ def test_stop_at_target_ends_the_run_at_the_first_round_reaching_it(
     assert results["finished"] is True
     assert results["rounds_to_target"] == 1
     assert [r["round"] for r in results["history"]] == [0, 1]
+
+
+def test_a_results_file_in_the_working_directory_does_not_block_a_run(tmp_path: Path) -> None:
+    """Without hydra.run.dir, results go under outputs/: ./results.json is someone else's."""
+    (tmp_path / "results.json").write_text("{}")
+    result = run_cli("lr=0", cwd=tmp_path)
+    _assert_one_line_error(result, "lr must be > 0")
+    assert (tmp_path / "results.json").read_text() == "{}"

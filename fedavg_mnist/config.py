@@ -63,6 +63,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     client_resources: ClientResources = field(default_factory=ClientResources)
     output_dir: str = "${hydra:runtime.output_dir}"
+    poll_interval: float = 0.005  # seconds between Flower's simulation polls (Flower: 0.1)
     verbose: bool = False  # show Flower's and Ray's logs
 
 
@@ -93,6 +94,7 @@ def validate(cfg: DictConfig) -> None:
         ("target_accuracy", 0.0 < cfg.target_accuracy <= 1.0, "in (0, 1]"),
         ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
+        ("poll_interval", 0 < cfg.poll_interval <= 1, "in (0, 1] seconds"),
         ("client_resources.num_cpus", cfg.client_resources.num_cpus >= 1, ">= 1"),
         ("client_resources.num_gpus", cfg.client_resources.num_gpus >= 0, ">= 0"),
     ]

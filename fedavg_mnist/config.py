@@ -33,6 +33,7 @@ class DatasetConfig:
     root: str = "${oc.env:FEDAVG_MNIST_DATA,data}"
     download: bool = True  # fetch missing files from the public mirrors
     verify_checksums: bool = True  # SHA-256 of the standard files
+    normalize: bool = True  # standardize pixels with MNIST's mean and std; false: [0, 1]
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Config:
     local_epochs: int = 5  # E
     batch_size: int | None = 10  # B; null = the whole local dataset (B=∞)
     lr: float = "${model.lr}"  # type: ignore[assignment]  # η, plain SGD
+    lr_table: dict[str, float] = field(default_factory=dict)  # presets: η by `lr_key`
     num_rounds: int = 20
     stop_at_target: bool = False  # end the run at the first round reaching the target
     target_accuracy: float = "${model.target_accuracy}"  # type: ignore[assignment]
@@ -68,8 +70,23 @@ class Config:
 
 
 def register_schema() -> None:
-    """Register the schema so `conf/config.yaml` can extend it."""
+    """Register the schema and the `tuned_lr` resolver so `conf/` can use them."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("tuned_lr"):
+        OmegaConf.register_new_resolver("tuned_lr", tuned_lr)
+
+
+def lr_key(partition: str, local_epochs: int, batch_size: int | None) -> str:
+    """Key of a preset's `lr_table`: partition choice, E and B, e.g. `iid_E5_B10`."""
+    batch = "inf" if batch_size is None else str(batch_size)
+    return f"{partition}_E{local_epochs}_B{batch}"
+
+
+def tuned_lr(
+    table: DictConfig, partition: str, local_epochs: int, batch_size: int | None, default: float
+) -> float:
+    """η measured best for (partition, E, B) in a preset's `lr_table`, else `default`."""
+    return float(table.get(lr_key(partition, local_epochs, batch_size), default))
 
 
 def num_sampled_clients(client_fraction: float, num_clients: int) -> int:

@@ -143,9 +143,11 @@ def ensure_mnist(root: str | Path, download: bool = True, verify: bool = True) -
     return resolved
 
 
-def _normalize(images: np.ndarray) -> torch.Tensor:
+def _to_tensor(images: np.ndarray, normalize: bool) -> torch.Tensor:
     tensor = torch.from_numpy(images.astype(np.float32)).div_(255.0)
-    return tensor.sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1).contiguous()
+    if normalize:
+        tensor.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return tensor.unsqueeze(1).contiguous()
 
 
 def _labels(labels: np.ndarray, path: Path) -> torch.Tensor:
@@ -155,8 +157,10 @@ def _labels(labels: np.ndarray, path: Path) -> torch.Tensor:
 
 
 @lru_cache(maxsize=2)
-def load_mnist(root: str, download: bool = True, verify: bool = True) -> Mnist:
-    """Load MNIST once per process into normalized in-memory tensors."""
+def load_mnist(
+    root: str, download: bool = True, verify: bool = True, normalize: bool = True
+) -> Mnist:
+    """Load MNIST once per process into in-memory tensors, pixels in [0, 1] or standardized."""
     paths = ensure_mnist(root, download, verify)
     arrays = {}
     for name, path in paths.items():
@@ -169,9 +173,9 @@ def load_mnist(root: str, download: bool = True, verify: bool = True) -> Mnist:
                 f"do not match labels {labels.shape}"
             )
     return Mnist(
-        train_images=_normalize(arrays["train-images-idx3-ubyte"]),
+        train_images=_to_tensor(arrays["train-images-idx3-ubyte"], normalize),
         train_labels=_labels(arrays["train-labels-idx1-ubyte"], paths["train-labels-idx1-ubyte"]),
-        test_images=_normalize(arrays["t10k-images-idx3-ubyte"]),
+        test_images=_to_tensor(arrays["t10k-images-idx3-ubyte"], normalize),
         test_labels=_labels(arrays["t10k-labels-idx1-ubyte"], paths["t10k-labels-idx1-ubyte"]),
     )
 
@@ -247,4 +251,5 @@ def client_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
 
 def load_data(cfg: DictConfig) -> Mnist:
     """Load the MNIST named by the config's `dataset` section."""
-    return load_mnist(cfg.dataset.root, cfg.dataset.download, cfg.dataset.verify_checksums)
+    dataset = cfg.dataset
+    return load_mnist(dataset.root, dataset.download, dataset.verify_checksums, dataset.normalize)

@@ -19,15 +19,16 @@ from .polling import shorten_engine_polling
 from .results import RESULTS_FILE, load_results
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-CONFIG_GROUPS = ("model", "partition")
+CONFIG_GROUPS = ("model", "partition", "experiment", "lr_grid")
 
 register_schema()
 
 
 def check_group_choices(overrides: list[str]) -> None:
-    """Reject an unknown `model=`/`partition=` choice in one line, before Hydra's report."""
+    """Reject an unknown choice of a config group in one line, before Hydra's report."""
     for override in overrides:
         key, sep, value = override.partition("=")
+        key = key.lstrip("+")
         if not sep or key not in CONFIG_GROUPS:
             continue
         known = sorted(path.stem for path in (CONF_DIR / key).glob("*.yaml"))

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from .config import to_plain_dict
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "accuracy.png"
@@ -23,19 +26,23 @@ SCHEMA_VERSION = 1
 _PACKAGES = ("fedavg-mnist", "flwr", "flwr-datasets", "torch", "numpy", "hydra-core", "omegaconf")
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write `document` as JSON so that readers see the old file or the new, never half."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` so that readers see the old file or the new, never half."""
     try:
         handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(handle, 0o644)
         with os.fdopen(handle, "w") as stream:
-            json.dump(document, stream, indent=2)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp_name, path)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write `document` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -154,29 +161,35 @@ class RunRecorder:
         plot_accuracy([self.document], self.output_dir / PLOT_FILE)
 
 
+PARTITION_LABELS = {"IidPartitioner": "IID", "ShardPartitioner": "non-IID"}
+MODEL_LABELS = {"mlp": "2NN", "cnn": "CNN"}
+
+
 def run_label(document: dict[str, Any]) -> str:
-    """Short legend text for a run: model, partition, C, E, B, lr."""
+    """Short legend text for a run: model, partition, C, E, B, η."""
     cfg = document["config"]
-    partition = cfg["partition"]["_target_"].rsplit(".", 1)[-1].replace("Partitioner", "")
+    partitioner = cfg["partition"]["_target_"].rsplit(".", 1)[-1]
+    partition = PARTITION_LABELS.get(partitioner, partitioner)
+    model = MODEL_LABELS.get(cfg["model"]["name"], cfg["model"]["name"])
     batch = "∞" if cfg["batch_size"] is None else cfg["batch_size"]
     return (
-        f"{cfg['model']['name']} {partition} C={cfg['client_fraction']} "
-        f"E={cfg['local_epochs']} B={batch} η={cfg['lr']}"
+        f"{model} {partition} C={cfg['client_fraction']} "
+        f"E={cfg['local_epochs']} B={batch} η={cfg['lr']:g}"
     )
 
 
-def plot_accuracy(documents: Sequence[dict[str, Any]], path: Path, log_x: bool = False) -> None:
-    """Draw test accuracy (best so far) against communication round, with the target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for document in documents:
+def draw_accuracy(
+    ax: "Axes",
+    documents: Sequence[dict[str, Any]],
+    log_x: bool = True,
+    labels: Sequence[str] | None = None,
+) -> None:
+    """Draw each run's best-so-far test accuracy against round on `ax`, with the targets."""
+    for index, document in enumerate(documents):
         trained = [r for r in document["history"] if r["round"] >= 1]
         rounds = [r["round"] for r in trained]
-        ax.plot(rounds, best_so_far([r["accuracy"] for r in trained]), label=run_label(document))
+        label = labels[index] if labels else run_label(document)
+        ax.plot(rounds, best_so_far([r["accuracy"] for r in trained]), label=label)
     targets = sorted({float(d["target_accuracy"]) for d in documents})
     for target in targets:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
@@ -186,10 +199,21 @@ def plot_accuracy(documents: Sequence[dict[str, Any]], path: Path, log_x: bool =
     ax.set_ylim(max(0.0, lowest - 0.07), 1.0)
     ax.set_xlabel("communication round")
     ax.set_ylabel("test accuracy (best so far)")
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
+
+
+def plot_accuracy(
+    documents: Sequence[dict[str, Any]], paths: Path | Sequence[Path], log_x: bool = False
+) -> None:
+    """Save the accuracy figure of `documents` to each of `paths` (suffix picks the format)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    draw_accuracy(fig.subplots(), documents, log_x=log_x)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+        for path in [paths] if isinstance(paths, Path) else paths:
+            fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise UserError(f"cannot write the plot: {err.strerror or err}") from err

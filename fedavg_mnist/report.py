@@ -1,0 +1,442 @@
+"""Rounds-to-target tables in the paper's layout from saved runs.
+
+    python -m fedavg_mnist.report <multirun dir> [more dirs or results.json] [--out DIR]
+
+Reads every `results.json` below the given paths, groups runs by configuration, keeps the
+best learning rate of each (fewest rounds to target, then best final accuracy), and writes
+`table.md` and `table.csv`: our rounds to target (interpolated crossing of the best-so-far
+curve), the speed-up versus the table's reference row, and the paper's numbers beside ours.
+"""
+
+import argparse
+import csv
+import io
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .paper import IID, NON_IID, PARTITION_NAMES, TABLES, Cell, PaperTable
+from .results import RESULTS_FILE, best_so_far, load_results, write_text_atomic
+
+REACHED = "reached"
+NOT_REACHED = "not reached"  # the run ended below its target
+UNFINISHED = "unfinished"  # the run stopped early without reaching its target
+NOT_RUN = "not run"
+PARTITIONERS = {"IidPartitioner": IID, "ShardPartitioner": NON_IID}
+CSV_FIELDS = (
+    "table",
+    "row",
+    "column",
+    "model",
+    "partition",
+    "client_fraction",
+    "local_epochs",
+    "batch_size",
+    "status",
+    "rounds_to_target",
+    "speedup",
+    "paper_rounds",
+    "paper_speedup",
+    "ratio_to_paper",
+    "lr",
+    "lrs_tried",
+    "best_accuracy",
+    "final_accuracy",
+    "completed_rounds",
+    "num_rounds",
+    "wall_seconds",
+    "results",
+)
+
+
+def interpolated_crossing(
+    rounds: Sequence[int], accuracies: Sequence[float], target: float
+) -> float | None:
+    """Round where the best-so-far curve crosses `target`, linear between evaluated rounds.
+
+    Rounds start at 0 (the initial model); None when the curve never reaches `target`.
+    """
+    curve = best_so_far(accuracies)
+    for index, (server_round, best) in enumerate(zip(rounds, curve, strict=True)):
+        if best < target:
+            continue
+        if index == 0:
+            return float(server_round)
+        previous_round, previous_best = rounds[index - 1], curve[index - 1]
+        fraction = (target - previous_best) / (best - previous_best)
+        return previous_round + fraction * (server_round - previous_round)
+    return None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What makes two runs the same configuration, learning rate aside."""
+
+    model: str
+    partition: str
+    num_clients: int
+    client_fraction: float
+    local_epochs: int
+    batch_size: int | None
+    target_accuracy: float
+
+
+@dataclass(frozen=True)
+class Run:
+    """One saved run, reduced to what the tables need."""
+
+    path: Path
+    setting: Setting
+    lr: float
+    status: str
+    rounds_to_target: float | None
+    best_accuracy: float | None
+    final_accuracy: float | None
+    completed_rounds: int
+    num_rounds: int
+    wall_seconds: float
+
+    @classmethod
+    def from_document(cls, path: Path, document: dict[str, Any]) -> "Run":
+        """Summarize one `results.json` document."""
+        try:
+            cfg = document["config"]
+            partitioner = cfg["partition"]["_target_"].rsplit(".", 1)[-1]
+            setting = Setting(
+                model=cfg["model"]["name"],
+                partition=PARTITIONERS.get(partitioner, partitioner),
+                num_clients=int(cfg["num_clients"]),
+                client_fraction=float(cfg["client_fraction"]),
+                local_epochs=int(cfg["local_epochs"]),
+                batch_size=cfg["batch_size"],
+                target_accuracy=float(document["target_accuracy"]),
+            )
+            trained = [r for r in document["history"] if r["round"] >= 0]
+            rounds = [int(r["round"]) for r in trained]
+            accuracies = [float(r["accuracy"]) for r in trained]
+            num_rounds = int(cfg["num_rounds"])
+            lr = float(cfg["lr"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{path} is not a fedavg-mnist results file ({err!r})") from err
+        crossing = interpolated_crossing(rounds, accuracies, setting.target_accuracy)
+        completed = max(rounds, default=0)
+        if crossing is not None:
+            status = REACHED
+        elif document.get("finished") and completed >= num_rounds:
+            status = NOT_REACHED
+        else:
+            status = UNFINISHED
+        after_start = [a for r, a in zip(rounds, accuracies, strict=True) if r >= 1]
+        return cls(
+            path=path,
+            setting=setting,
+            lr=lr,
+            status=status,
+            rounds_to_target=crossing,
+            best_accuracy=max(after_start, default=None),
+            final_accuracy=after_start[-1] if after_start else None,
+            completed_rounds=completed,
+            num_rounds=num_rounds,
+            wall_seconds=float(document.get("wall_seconds", 0.0)),
+        )
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """Every `results.json` at or below the given paths, sorted."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        if path.is_file():
+            found.add(path)
+        elif path.is_dir():
+            found.update(path.rglob(RESULTS_FILE))
+        else:
+            raise UserError(f"no such file or directory: {path}")
+    if not found:
+        raise UserError(f"no {RESULTS_FILE} under {', '.join(map(str, paths))}")
+    return sorted(found)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Load and summarize every run below `paths`."""
+    return [Run.from_document(path, load_results(path)) for path in find_results(paths)]
+
+
+def run_rank(run: Run) -> tuple[int, float, float]:
+    """Sort key, best first: reached the target, fewer rounds, then higher final accuracy."""
+    rounds = run.rounds_to_target if run.rounds_to_target is not None else math.inf
+    return (0 if run.status == REACHED else 1, rounds, -(run.final_accuracy or 0.0))
+
+
+def best_runs(runs: Iterable[Run]) -> dict[Setting, tuple[Run, list[float]]]:
+    """Per setting: the run with the best learning rate, and all learning rates tried."""
+    groups: dict[Setting, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.setting, []).append(run)
+    return {
+        setting: (min(group, key=run_rank), sorted({run.lr for run in group}))
+        for setting, group in groups.items()
+    }
+
+
+def cell_setting(cell: Cell) -> Setting:
+    """Return the setting a paper cell describes (K=100, the model's target)."""
+    return Setting(
+        model=cell.model,
+        partition=cell.partition,
+        num_clients=100,
+        client_fraction=cell.client_fraction,
+        local_epochs=cell.local_epochs,
+        batch_size=cell.batch_size,
+        target_accuracy=0.97 if cell.model == "mlp" else 0.99,
+    )
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """A table cell: our best run (if any) beside the paper's number."""
+
+    table: PaperTable
+    cell: Cell
+    run: Run | None
+    lrs_tried: list[float]
+    speedup: float | None
+    paper_speedup: float | None
+
+    @property
+    def status(self) -> str:
+        """`reached`, `not reached`, `unfinished` or `not run`."""
+        return self.run.status if self.run else NOT_RUN
+
+    @property
+    def rounds(self) -> float | None:
+        """Our interpolated rounds to target."""
+        return self.run.rounds_to_target if self.run else None
+
+    @property
+    def ratio_to_paper(self) -> float | None:
+        """Our rounds divided by the paper's."""
+        if self.rounds is None or not self.cell.paper_rounds:
+            return None
+        return self.rounds / self.cell.paper_rounds
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def table_results(
+    table: PaperTable, best: dict[Setting, tuple[Run, list[float]]]
+) -> list[CellResult]:
+    """Fill every cell of `table` from the best runs; missing ones stay `not run`."""
+    chosen = {cell: best.get(cell_setting(cell)) for cell in table.cells}
+    results = []
+    for cell, found in chosen.items():
+        reference = table.cell(table.baseline_row, cell.column)
+        reference_found = chosen[reference]
+        ours_reference = reference_found[0].rounds_to_target if reference_found else None
+        run, lrs = found if found else (None, [])
+        results.append(
+            CellResult(
+                table=table,
+                cell=cell,
+                run=run,
+                lrs_tried=lrs,
+                speedup=_ratio(ours_reference, run.rounds_to_target if run else None),
+                paper_speedup=_ratio(reference.paper_rounds, cell.paper_rounds),
+            )
+        )
+    return results
+
+
+def _rounds_text(rounds: float | None, speedup: float | None, show_speedup: bool) -> str:
+    text = f"{rounds:.0f}" if rounds is not None else "—"
+    if show_speedup and speedup is not None:
+        text += f" ({speedup:.1f}×)"
+    return text
+
+
+def ours_text(result: CellResult) -> str:
+    """Markdown text of our cell: rounds (speed-up), or why there is no number."""
+    run = result.run
+    is_reference = result.cell.row == result.table.baseline_row
+    if run is None:
+        return "not run"
+    if run.status == REACHED:
+        return _rounds_text(run.rounds_to_target, result.speedup, not is_reference)
+    best = f"{run.best_accuracy:.2%}" if run.best_accuracy is not None else "no round"
+    if run.status == NOT_REACHED:
+        return f"— (best {best} in {run.completed_rounds})"
+    return f"unfinished (best {best} after {run.completed_rounds})"
+
+
+def markdown_table(results: Sequence[CellResult]) -> str:
+    """One paper table: ours, the paper's and their ratio per column; then the η used."""
+    table = results[0].table
+    by_position = {(r.cell.row, r.cell.column): r for r in results}
+    header = [table.row_header]
+    for column in table.columns:
+        header += [f"{column}: ours", "paper", "ours/paper"]
+    lines = [f"### {table.title}", "", _md_row(header), _md_row(["---"] * len(header))]
+    for row in table.rows:
+        cells = [row]
+        for column in table.columns:
+            result = by_position[(row, column)]
+            is_reference = row == table.baseline_row
+            ratio = result.ratio_to_paper
+            cells += [
+                ours_text(result),
+                _rounds_text(result.cell.paper_rounds, result.paper_speedup, not is_reference),
+                f"{ratio:.2f}" if ratio is not None else "",
+            ]
+        lines.append(_md_row(cells))
+    lines += ["", "Learning rate η of each cell (best of the values tried):", ""]
+    lines += [
+        _md_row([table.row_header, *table.columns]),
+        _md_row(["---"] * (1 + len(table.columns))),
+    ]
+    for row in table.rows:
+        cells = [row]
+        for column in table.columns:
+            result = by_position[(row, column)]
+            if result.run is None:
+                cells.append("")
+            else:
+                tried = len(result.lrs_tried)
+                cells.append(f"{result.run.lr:g}" + (f" (best of {tried})" if tried > 1 else ""))
+        lines.append(_md_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def csv_rows(results: Iterable[CellResult]) -> list[dict[str, Any]]:
+    """Rows of `table.csv`: one per cell, run or not."""
+    rows = []
+    for result in results:
+        cell, run = result.cell, result.run
+        rows.append(
+            {
+                "table": result.table.name,
+                "row": cell.row,
+                "column": cell.column,
+                "model": cell.model,
+                "partition": cell.partition,
+                "client_fraction": cell.client_fraction,
+                "local_epochs": cell.local_epochs,
+                "batch_size": "inf" if cell.batch_size is None else cell.batch_size,
+                "status": result.status,
+                "rounds_to_target": _number(result.rounds),
+                "speedup": _number(result.speedup, 2),
+                "paper_rounds": cell.paper_rounds if cell.paper_rounds is not None else "",
+                "paper_speedup": _number(result.paper_speedup, 2),
+                "ratio_to_paper": _number(result.ratio_to_paper, 2),
+                "lr": f"{run.lr:g}" if run else "",
+                "lrs_tried": " ".join(f"{lr:g}" for lr in result.lrs_tried),
+                "best_accuracy": _number(run.best_accuracy, 4) if run else "",
+                "final_accuracy": _number(run.final_accuracy, 4) if run else "",
+                "completed_rounds": run.completed_rounds if run else "",
+                "num_rounds": run.num_rounds if run else "",
+                "wall_seconds": _number(run.wall_seconds) if run else "",
+                "results": str(run.path) if run else "",
+            }
+        )
+    return rows
+
+
+def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
+    """List runs that match no paper cell (another K, C, E or B), best η each."""
+    paper_settings = {cell_setting(cell) for table in TABLES for cell in table.cells}
+    others = [(s, found) for s, found in best.items() if s not in paper_settings]
+    if not others:
+        return ""
+    header = ["model", "partition", "K", "C", "E", "B", "η", "rounds to target", "best accuracy"]
+    lines = ["### Other configurations", "", _md_row(header), _md_row(["---"] * len(header))]
+    for setting, (run, _) in sorted(others, key=lambda item: repr(item[0])):
+        lines.append(
+            _md_row(
+                [
+                    setting.model,
+                    PARTITION_NAMES.get(setting.partition, setting.partition),
+                    str(setting.num_clients),
+                    f"{setting.client_fraction:g}",
+                    str(setting.local_epochs),
+                    "∞" if setting.batch_size is None else str(setting.batch_size),
+                    f"{run.lr:g}",
+                    _rounds_text(run.rounds_to_target, None, False)
+                    if run.status == REACHED
+                    else run.status,
+                    _number(run.best_accuracy, 4),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_report(runs: Sequence[Run]) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown and CSV rows for every paper table that at least one run falls into."""
+    best = best_runs(runs)
+    sections, rows = [], []
+    for table in TABLES:
+        results = table_results(table, best)
+        if all(result.run is None for result in results):
+            continue
+        sections.append(markdown_table(results))
+        rows += csv_rows(results)
+    other = other_runs_markdown(best)
+    if other:
+        sections.append(other)
+    legend = (
+        "Rounds to target: where the best-so-far test accuracy crosses the target, "
+        "interpolated between rounds; (n×): speed-up versus the table's first row in the "
+        "same column; —: target not reached; ours/paper: our rounds over the paper's.\n"
+    )
+    markdown = "# Rounds to target\n\n" + legend + "\n" + "\n".join(sections)
+    return markdown, rows
+
+
+def write_report(runs: Sequence[Run], out_dir: Path) -> tuple[Path, Path]:
+    """Write `table.md` and `table.csv` under `out_dir`; return their paths."""
+    markdown, rows = build_report(runs)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
+    write_text_atomic(md_path, markdown)
+    write_text_atomic(csv_path, buffer.getvalue())
+    return md_path, csv_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: report on the runs below the given paths."""
+    parser = argparse.ArgumentParser(prog="python -m fedavg_mnist.report", description=__doc__)
+    parser.add_argument("paths", nargs="+", help="multirun/run directories or results.json files")
+    parser.add_argument("--out", type=Path, help="output folder (default: the first path)")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.paths)
+        first = Path(args.paths[0])
+        out_dir = args.out or (first if first.is_dir() else first.parent)
+        md_path, csv_path = write_report(runs, out_dir)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(runs)} runs; wrote {md_path} and {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

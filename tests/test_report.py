@@ -1,0 +1,170 @@
+"""The report on a known set of fake `results.json` files, checked cell by cell."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from fedavg_mnist.report import interpolated_crossing, load_runs, write_report
+
+IID = "flwr_datasets.partitioner.IidPartitioner"
+SHARDS = "flwr_datasets.partitioner.ShardPartitioner"
+
+
+def fake_run(
+    path: Path,
+    accuracies: list[float],
+    *,
+    model: str = "mlp",
+    partition: str = IID,
+    client_fraction: float = 0.1,
+    local_epochs: int = 1,
+    batch_size: int | None = 10,
+    lr: float = 0.1,
+    num_clients: int = 100,
+    num_rounds: int | None = None,
+    finished: bool = True,
+) -> None:
+    """Write a results.json whose round r (from 0) has test accuracy accuracies[r]."""
+    path.mkdir(parents=True)
+    document = {
+        "config": {
+            "model": {"name": model},
+            "partition": {"_target_": partition},
+            "num_clients": num_clients,
+            "client_fraction": client_fraction,
+            "local_epochs": local_epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "num_rounds": num_rounds if num_rounds is not None else len(accuracies) - 1,
+        },
+        "target_accuracy": 0.97 if model == "mlp" else 0.99,
+        "finished": finished,
+        "wall_seconds": 12.5,
+        "history": [{"round": r, "accuracy": a, "loss": 1.0 - a} for r, a in enumerate(accuracies)],
+    }
+    (path / "results.json").write_text(json.dumps(document))
+
+
+def test_crossing_is_interpolated_on_the_best_so_far_curve() -> None:
+    assert interpolated_crossing([0, 1, 2, 3, 4], [0.1, 0.9, 0.95, 0.96, 0.98], 0.97) == 3.5
+    # the dip at round 2 does not count: the curve holds 0.968 until round 3
+    assert interpolated_crossing([0, 1, 2, 3], [0.1, 0.968, 0.95, 0.972], 0.97) == pytest.approx(
+        2.5
+    )
+    assert interpolated_crossing([0, 1, 2], [0.1, 0.9, 0.97], 0.97) == 2.0
+    assert interpolated_crossing([0, 1, 2], [0.1, 0.9, 0.96], 0.97) is None
+    # rounds evaluated every 5: the crossing lies between them
+    assert interpolated_crossing([0, 5, 10], [0.1, 0.95, 0.99], 0.97) == 7.5
+
+
+@pytest.fixture
+def fake_sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "multirun"
+    fake_run(sweep / "0", [0.1, 0.9, 0.95, 0.96, 0.98], client_fraction=0.0)  # 3.5 rounds
+    fake_run(sweep / "1", [0.1, 0.96, 0.98], lr=0.1)  # 1.5 rounds: the best η of C=0.1
+    fake_run(sweep / "2", [0.1, 0.9, 0.97], lr=0.2)  # 2.0 rounds
+    fake_run(sweep / "3", [0.1, 0.968, 0.95, 0.972], client_fraction=0.2)  # 2.5 rounds
+    fake_run(sweep / "4", [0.1, 0.5], client_fraction=0.5, num_rounds=100, finished=False)
+    fake_run(sweep / "5", [0.1, 0.5, 0.6], client_fraction=1.0)
+    # non-IID B=10, C=0: neither η reaches 97%; the better final accuracy wins
+    fake_run(sweep / "6", [0.1, 0.8], partition=SHARDS, client_fraction=0.0, lr=0.05)
+    fake_run(sweep / "7", [0.1, 0.85], partition=SHARDS, client_fraction=0.0, lr=0.1)
+    fake_run(sweep / "8", [0.1, 0.98], num_clients=10)  # in no paper table
+    return sweep
+
+
+def _cells(csv_path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    with open(csv_path) as stream:
+        return {(r["table"], r["row"], r["column"]): r for r in csv.DictReader(stream)}
+
+
+def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
+    md_path, csv_path = write_report(load_runs([fake_sweep]), tmp_path / "report")
+    cells = _cells(csv_path)
+    tables = {table for table, _, _ in cells}
+    assert tables == {"table1_mlp", "table4_mlp"}  # C=0.1 E=1 B=10 is also a Table 4 row
+    assert len([key for key in cells if key[0] == "table1_mlp"]) == 20
+
+    c0 = cells[("table1_mlp", "0.0", "IID, B=10")]
+    assert (c0["status"], c0["rounds_to_target"], c0["lr"]) == ("reached", "3.5", "0.1")
+    assert (c0["paper_rounds"], c0["ratio_to_paper"]) == ("316", f"{3.5 / 316:.2f}")
+
+    c1 = cells[("table1_mlp", "0.1", "IID, B=10")]
+    assert (c1["rounds_to_target"], c1["lr"], c1["lrs_tried"]) == ("1.5", "0.1", "0.1 0.2")
+    assert c1["speedup"] == f"{3.5 / 1.5:.2f}"
+    assert (c1["paper_rounds"], c1["paper_speedup"]) == ("87", f"{316 / 87:.2f}")
+
+    c2 = cells[("table1_mlp", "0.2", "IID, B=10")]
+    assert (c2["rounds_to_target"], c2["speedup"]) == ("2.5", "1.40")
+
+    c5 = cells[("table1_mlp", "0.5", "IID, B=10")]
+    assert (c5["status"], c5["rounds_to_target"], c5["completed_rounds"]) == ("unfinished", "", "1")
+
+    c10 = cells[("table1_mlp", "1.0", "IID, B=10")]
+    assert (c10["status"], c10["best_accuracy"], c10["speedup"]) == ("not reached", "0.6000", "")
+
+    non_iid = cells[("table1_mlp", "0.0", "non-IID, B=10")]
+    assert (non_iid["status"], non_iid["lr"], non_iid["final_accuracy"]) == (
+        "not reached",
+        "0.1",
+        "0.8500",
+    )
+
+    missing = cells[("table1_mlp", "0.5", "IID, B=∞")]
+    assert (missing["status"], missing["paper_rounds"], missing["results"]) == ("not run", "", "")
+
+    table4 = cells[("table4_mlp", "FedAvg E=1 B=10", "IID")]
+    assert (table4["rounds_to_target"], table4["paper_rounds"]) == ("1.5", "92")
+
+    markdown = md_path.read_text()
+    assert "| 0.1 | not run | 1474 (1.0×) |  | 2 (2.3×) | 87 (3.6×) | 0.02 |" in markdown
+    assert "unfinished (best 50.00% after 1)" in markdown
+    assert "— (best 60.00% in 2)" in markdown
+    assert "0.1 (best of 2)" in markdown
+    assert "### Other configurations" in markdown
+    assert "| mlp | IID | 10 | 0.1 | 1 | 10 | 0.1 | 1 | 0.9800 |" in markdown
+
+
+def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", name, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_report_and_plot_commands(fake_sweep: Path, tmp_path: Path) -> None:
+    report = _module("fedavg_mnist.report", str(fake_sweep))
+    assert report.returncode == 0, report.stderr
+    assert "9 runs" in report.stdout
+    assert (fake_sweep / "table.md").is_file() and (fake_sweep / "table.csv").is_file()
+
+    plot = _module("fedavg_mnist.plot", str(fake_sweep / "0"), str(fake_sweep / "1"))
+    assert plot.returncode == 0, plot.stderr
+    png, pdf = fake_sweep / "0" / "accuracy_curves.png", fake_sweep / "0" / "accuracy_curves.pdf"
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("name", ["fedavg_mnist.report", "fedavg_mnist.plot"])
+def test_commands_fail_in_one_line(name: str, tmp_path: Path) -> None:
+    for args, pattern in (
+        ([str(tmp_path / "absent")], "no such file or directory"),
+        ([str(tmp_path)], "no results.json under"),
+    ):
+        result = _module(name, *args)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], lines
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text("{")
+    result = _module(name, str(broken))
+    assert result.returncode == 2 and "cannot read results" in result.stderr

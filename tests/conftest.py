@@ -71,3 +71,30 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def tiny_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A 2-round MLP run of 4 clients on the synthetic IDX files under `root`."""
+    return [
+        "model=mlp",
+        "num_clients=4",
+        "client_fraction=0.5",
+        "local_epochs=1",
+        "batch_size=10",
+        "num_rounds=2",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        "dataset.verify_checksums=false",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of one real 2-round CLI run on synthetic data."""
+    base = tmp_path_factory.mktemp("tiny")
+    run_dir = base / "run"
+    result = run_cli(*tiny_overrides(write_synthetic_mnist(base / "data"), run_dir))
+    assert result.returncode == 0, result.stderr
+    return run_dir

@@ -4,23 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, tiny_overrides
 
 
 def _tiny(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "model=mlp",
-        "num_clients=4",
-        "client_fraction=0.5",
-        "local_epochs=1",
-        "batch_size=10",
-        "num_rounds=2",
-        f"dataset.root={root}",
-        "dataset.download=false",
-        "dataset.verify_checksums=false",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
+    return tiny_overrides(root, run_dir, *extra)
 
 
 def _assert_one_line_error(result, pattern: str, status: int = 2) -> None:

@@ -15,7 +15,7 @@ from .config import register_schema, to_run_config, validate
 from .data import client_partitions, load_data
 from .errors import UserError
 from .models import resolve_device
-from .polling import shorten_engine_polling
+from .polling import install_engine_wakeups
 from .results import RESULTS_FILE, load_results
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -75,7 +75,8 @@ def run(cfg: DictConfig) -> Path:
     from .client import make_client_app
     from .server import make_server_app
 
-    shorten_engine_polling(cfg.poll_interval)
+    if cfg.fast_polling:
+        install_engine_wakeups()
     run_config = to_run_config(cfg)
     run_simulation(
         server_app=make_server_app(run_config),

@@ -25,7 +25,7 @@ from .client import reported_partition_id
 from .config import num_sampled_clients, run_settings
 from .data import load_data
 from .models import build_model, num_parameters, resolve_device
-from .polling import shorten_grid_polling
+from .polling import wake_on_messages
 from .results import RunRecorder
 
 
@@ -150,7 +150,8 @@ def seed_everything(seed: int) -> None:
 def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None) -> None:
     """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round."""
     cfg = run_settings(context, fallback)
-    shorten_grid_polling(grid, cfg.poll_interval)
+    if cfg.fast_polling:
+        wake_on_messages(grid)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data = load_data(cfg)

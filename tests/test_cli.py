@@ -112,12 +112,11 @@ def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_pat
 
 
 def test_same_seed_same_history(synthetic_root: Path, tmp_path: Path) -> None:
+    """Twice the same config and seed, once with Flower's own polling: the same history."""
     first, second = tmp_path / "first", tmp_path / "second"
-    for run_dir in (first, second):
-        assert (
-            run_cli(*_tiny(synthetic_root, run_dir, "batch_size=null", "local_epochs=2")).returncode
-            == 0
-        )
+    for run_dir, polling in ((first, "true"), (second, "false")):
+        overrides = _tiny(synthetic_root, run_dir, "batch_size=null", "local_epochs=2")
+        assert run_cli(*overrides, f"fast_polling={polling}").returncode == 0
     histories = [json.loads((d / "results.json").read_text())["history"] for d in (first, second)]
     assert [(r["accuracy"], r["loss"]) for r in histories[0]] == [
         (r["accuracy"], r["loss"]) for r in histories[1]

@@ -33,7 +33,7 @@ def test_each_preset_sweeps_exactly_its_paper_table(table) -> None:
     slowest = max(cell.paper_rounds or 0 for cell in table.cells)
     assert cfg.num_rounds >= slowest  # the cap leaves room for the paper's slowest cell
     sweep = _sweep(cfg)
-    points = [{}]
+    points: list[dict[str, str]] = [{}]
     for key, values in sweep.items():
         points = [{**point, key: value} for point in points for value in values]
     swept = set()

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import run_settings
 from .data import client_partitions, load_data
-from .models import build_model, resolve_device
+from .models import build_model, place_model, resolve_device
 
 PARTITION_ID_KEY = "partition-id"
 
@@ -78,7 +78,7 @@ def _partition_data(cfg: DictConfig, partition_id: int) -> tuple[torch.Tensor, t
 @lru_cache(maxsize=2)
 def _model(name: str, device: str) -> nn.Module:
     """One model object per process, its weights replaced by each message."""
-    return build_model(name).to(device)
+    return place_model(build_model(name), device)
 
 
 def reported_partition_id(content: RecordDict) -> int:

@@ -65,6 +65,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     client_resources: ClientResources = field(default_factory=ClientResources)
     output_dir: str = "${hydra:runtime.output_dir}"
+    checkpoint_every: int = 10  # save model, history and RNG state every N rounds (0: never)
+    resume: bool = False  # continue the run in `output_dir` after its last checkpoint
     fast_polling: bool = True  # wake Flower's simulation loops on messages, not every 100 ms
     verbose: bool = False  # show Flower's and Ray's logs
 
@@ -111,6 +113,7 @@ def validate(cfg: DictConfig) -> None:
         ("target_accuracy", 0.0 < cfg.target_accuracy <= 1.0, "in (0, 1]"),
         ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
+        ("checkpoint_every", cfg.checkpoint_every >= 0, ">= 0 (0: never)"),
         ("client_resources.num_cpus", cfg.client_resources.num_cpus >= 1, ">= 1"),
         ("client_resources.num_gpus", cfg.client_resources.num_gpus >= 0, ">= 0"),
     ]

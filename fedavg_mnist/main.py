@@ -6,12 +6,14 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from flwr.app import ConfigRecordValues
 from omegaconf import DictConfig
 
-from .config import register_schema, to_run_config, validate
+from .checkpoint import CHECKPOINT_FILE
+from .config import register_schema, to_plain_dict, to_run_config, validate
 from .data import client_partitions, load_data
 from .errors import UserError
 from .models import resolve_device
@@ -37,12 +39,67 @@ def check_group_choices(overrides: list[str]) -> None:
                 raise UserError(f"unknown {key} {choice!r}: choose one of {', '.join(known)}")
 
 
-def prepare_output_dir(output_dir: Path) -> None:
-    """Make sure results can be written there and none would be overwritten."""
+def prepare_output_dir(output_dir: Path, resume: bool = False) -> None:
+    """Make sure results can be written there and none would be overwritten.
+
+    With `resume`, the directory must instead hold a checkpoint to continue from.
+    """
     results = output_dir / RESULTS_FILE
-    if results.exists():
-        raise UserError(f"{results} already exists: choose another hydra.run.dir")
+    if resume:
+        if not (output_dir / CHECKPOINT_FILE).is_file():
+            raise UserError(f"nothing to resume: no {CHECKPOINT_FILE} in {output_dir}")
+    elif results.exists():
+        raise UserError(f"{results} already exists: choose another hydra.run.dir (or resume=true)")
     check_writable_location(output_dir)
+
+
+# Settings that may change when a run is resumed: they do not change its results.
+RESUMABLE_CHANGES = (
+    "resume",
+    "num_rounds",
+    "stop_at_target",
+    "checkpoint_every",
+    "device",
+    "client_resources",
+    "fast_polling",
+    "verbose",
+    "output_dir",
+    "dataset.root",
+    "dataset.download",
+    "dataset.verify_checksums",
+)
+
+
+def check_resumable(cfg: DictConfig) -> None:
+    """Refuse to resume a run under other settings or one that has nothing left to do."""
+    previous = load_results(Path(cfg.output_dir))
+    saved, now = _flat(previous["config"]), _flat(to_plain_dict(cfg))
+    changed = sorted(
+        key
+        for key in saved.keys() | now.keys()
+        if saved.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    )
+    if changed:
+        key = changed[0]
+        raise UserError(
+            f"cannot resume {cfg.output_dir} with {key}={now.get(key)}: "
+            f"the run used {key}={saved.get(key)}"
+        )
+    if previous.get("finished") and previous.get("completed_rounds", 0) >= cfg.num_rounds:
+        raise UserError(
+            f"nothing to resume: {cfg.output_dir} finished its {previous['completed_rounds']} "
+            "rounds (raise num_rounds to continue it)"
+        )
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:
@@ -65,7 +122,9 @@ def run(cfg: DictConfig) -> Path:
     cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     output_dir = Path(cfg.output_dir)
-    prepare_output_dir(output_dir)
+    prepare_output_dir(output_dir, cfg.resume)
+    if cfg.resume:
+        check_resumable(cfg)
     load_data(cfg)
     client_partitions(cfg)
 
@@ -147,8 +206,9 @@ def check_overrides(argv: list[str]) -> None:
         for key, sep, value in (arg.partition("=") for arg in argv)
         if sep and key in ("hydra.run.dir", "hydra.sweep.dir", "output_dir")
     ]
+    resume = any(arg.lower() == "resume=true" for arg in argv)
     for output_dir in output_dirs:
-        prepare_output_dir(output_dir)
+        prepare_output_dir(output_dir, resume)
     if not output_dirs:  # Hydra's default run directory lies under the working directory
         check_writable_location(Path.cwd())
     overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra")]

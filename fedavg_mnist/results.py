@@ -16,11 +16,14 @@ from omegaconf import DictConfig
 
 from .config import to_plain_dict
 from .errors import UserError
+from .progress import Progress
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 RESULTS_FILE = "results.json"
+ROUNDS_FILE = "rounds.jsonl"  # one JSON line per evaluated round, appended durably
+SAVE_INTERVAL_S = 2.0
 PLOT_FILE = "accuracy.png"
 SCHEMA_VERSION = 1
 _PACKAGES = ("fedavg-mnist", "flwr", "flwr-datasets", "torch", "numpy", "hydra-core", "omegaconf")
@@ -104,13 +107,25 @@ def summarize(history: Sequence[dict[str, Any]], target: float) -> dict[str, Any
 
 
 class RunRecorder:
-    """Keeps a run's history and rewrites `results.json` atomically after every round."""
+    """Keeps a run's history, appending each round durably to `rounds.jsonl`.
 
-    def __init__(self, cfg: DictConfig, num_parameters: int) -> None:
+    `results.json` is rewritten atomically at most every `SAVE_INTERVAL_S` seconds, at
+    checkpoints and at the end.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        num_parameters: int,
+        restored: Sequence[dict[str, Any]] = (),
+        previous: dict[str, Any] | None = None,
+    ) -> None:
         self.output_dir = Path(cfg.output_dir)
         self.path = self.output_dir / RESULTS_FILE
+        self.rounds_path = self.output_dir / ROUNDS_FILE
         self.target = float(cfg.target_accuracy)
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = list(restored)
+        self.progress = Progress(int(cfg.num_rounds))
         self.document: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "config": to_plain_dict(cfg),
@@ -122,29 +137,40 @@ class RunRecorder:
             "finished": False,
             "history": self.history,
         }
+        if previous is not None:
+            self.document["started_at"] = previous.get("started_at")
+            resumed = [*previous.get("resumed_after_rounds", []), len(self.history) - 1]
+            self.document["resumed_after_rounds"] = resumed
+        write_text_atomic(self.rounds_path, "".join(_json_line(r) for r in self.history))
         self._last_mark = time.perf_counter()
+        self._last_save = float("-inf")
 
     def record_round(
         self, server_round: int, accuracy: float, loss: float, eval_seconds: float
     ) -> None:
-        """Append one round's centralized evaluation, print it and save the results."""
+        """Append one round's centralized evaluation, log it and save the results."""
         now = time.perf_counter()
         seconds = now - self._last_mark
         self._last_mark = now
-        self.history.append(
-            {
-                "round": server_round,
-                "accuracy": accuracy,
-                "loss": loss,
-                "seconds": seconds,
-                "eval_seconds": eval_seconds,
-            }
-        )
-        print(
-            f"round {server_round:4d}  accuracy {accuracy:.4f}  loss {loss:.4f}  {seconds:6.2f}s",
-            flush=True,
-        )
-        self.save()
+        record = {
+            "round": server_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            "seconds": seconds,
+            "eval_seconds": eval_seconds,
+            "time": time.time(),  # when the round's evaluation ended (Unix time)
+        }
+        self.history.append(record)
+        try:
+            with open(self.rounds_path, "a") as stream:
+                stream.write(_json_line(record))
+                stream.flush()
+                os.fsync(stream.fileno())
+        except OSError as err:
+            raise UserError(f"cannot write {self.rounds_path}: {err.strerror or err}") from err
+        self.progress.update(server_round, accuracy, loss, seconds)
+        if now - self._last_save >= SAVE_INTERVAL_S:
+            self.save()
 
     def save(self) -> None:
         """Write the results so far."""
@@ -152,13 +178,19 @@ class RunRecorder:
         self.document["completed_rounds"] = max((r["round"] for r in self.history), default=0)
         self.document["wall_seconds"] = sum(r["seconds"] for r in self.history)
         write_json_atomic(self.path, self.document)
+        self._last_save = time.perf_counter()
 
     def finish(self) -> None:
         """Mark the run finished, save it and draw its accuracy curve."""
+        self.progress.close()
         self.document["finished"] = True
         self.document["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         self.save()
         plot_accuracy([self.document], self.output_dir / PLOT_FILE)
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"
 
 
 PARTITION_LABELS = {"IidPartitioner": "IID", "ShardPartitioner": "non-IID"}

@@ -3,6 +3,7 @@
 import random
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,12 +22,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
+from .checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .client import reported_partition_id
 from .config import num_sampled_clients, run_settings
 from .data import load_data
-from .models import build_model, num_parameters, resolve_device
+from .models import build_model, num_parameters, place_model, resolve_device
 from .polling import wake_on_messages
-from .results import RunRecorder
+from .results import RunRecorder, load_results
 
 
 class ClientFailure(RuntimeError):
@@ -54,10 +56,19 @@ class PaperFedAvg(FedAvg):
         Node ID holding each partition ID (see `discover_partitions`).
     seed : int
         The run's seed.
+    rounds_done : int (default: 0)
+        Rounds completed before this start (when resuming): Flower's round r is the run's
+        round `rounds_done + r`.
 
     """
 
-    def __init__(self, num_train_nodes: int, node_of_partition: dict[int, int], seed: int) -> None:
+    def __init__(
+        self,
+        num_train_nodes: int,
+        node_of_partition: dict[int, int],
+        seed: int,
+        rounds_done: int = 0,
+    ) -> None:
         num_nodes = len(node_of_partition)
         super().__init__(
             fraction_train=num_train_nodes / num_nodes,
@@ -68,6 +79,7 @@ class PaperFedAvg(FedAvg):
         self.num_train_nodes = num_train_nodes
         self.node_of_partition = node_of_partition
         self.seed = seed
+        self.rounds_done = rounds_done
 
     def sample_partitions(self, server_round: int) -> list[int]:
         """Return the sorted partition IDs trained in `server_round`."""
@@ -79,6 +91,7 @@ class PaperFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global model to this round's m sampled clients."""
+        server_round += self.rounds_done
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         node_ids = [self.node_of_partition[p] for p in self.sample_partitions(server_round)]
@@ -88,6 +101,7 @@ class PaperFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the replies in partition order; a failed client fails the run."""
+        server_round += self.rounds_done
         replies = list(replies)
         for reply in replies:
             if reply.has_error():
@@ -148,38 +162,69 @@ def seed_everything(seed: int) -> None:
 
 
 def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None) -> None:
-    """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round."""
+    """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round.
+
+    The global model, history and RNG state are checkpointed after round 0 and every
+    `checkpoint_every` rounds; with `resume`, the run continues after its last checkpoint.
+    """
     cfg = run_settings(context, fallback)
     if cfg.fast_polling:
         wake_on_messages(grid)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    output_dir = Path(cfg.output_dir)
     data = load_data(cfg)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
     model = build_model(cfg.model.name)
-    initial_arrays = ArrayRecord(model.state_dict())
-    model.to(device)
-    recorder = RunRecorder(cfg, num_parameters(model))
+    strategy_state = {"num_train_nodes": num_sampled_clients(cfg.client_fraction, cfg.num_clients)}
+    if cfg.resume:
+        checkpoint = load_checkpoint(output_dir)
+        restore_rng_state(checkpoint.rng)
+        rounds_done, initial_state = checkpoint.server_round, checkpoint.state_dict
+        recorder = RunRecorder(
+            cfg, num_parameters(model), checkpoint.history, load_results(output_dir)
+        )
+    else:
+        rounds_done, initial_state = 0, model.state_dict()
+        recorder = RunRecorder(cfg, num_parameters(model))
+    initial_arrays = ArrayRecord(initial_state)
+    place_model(model, device)
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round += rounds_done
+        if cfg.resume and server_round == rounds_done:
+            return None  # the checkpoint's model: evaluated and recorded before the stop
         model.load_state_dict(arrays.to_torch_state_dict())
         started = time.perf_counter()
         loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
         recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
-        if cfg.stop_at_target and server_round > 0 and accuracy >= cfg.target_accuracy:
+        reached = cfg.stop_at_target and server_round > 0 and accuracy >= cfg.target_accuracy
+        every = cfg.checkpoint_every
+        if reached or server_round in (0, cfg.num_rounds) or (every and server_round % every == 0):
+            state = Checkpoint(
+                server_round,
+                arrays.to_torch_state_dict(),
+                recorder.history,
+                strategy_state,
+                rng_state(),
+            )
+            save_checkpoint(output_dir, state)
+            recorder.save()
+        if reached:
             raise TargetReached
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     strategy = PaperFedAvg(
-        num_train_nodes=num_sampled_clients(cfg.client_fraction, cfg.num_clients),
+        num_train_nodes=strategy_state["num_train_nodes"],
         node_of_partition=discover_partitions(grid, cfg.num_clients),
         seed=cfg.seed,
+        rounds_done=rounds_done,
     )
     try:
         strategy.start(
             grid=grid,
             initial_arrays=initial_arrays,
-            num_rounds=cfg.num_rounds,
+            num_rounds=cfg.num_rounds - rounds_done,
             evaluate_fn=evaluate_global,
         )
     except TargetReached:

@@ -1,0 +1,273 @@
+"""Round-time benchmark: Flower's path against the compute floor, evaluation, start-up.
+
+    python -m fedavg_mnist.bench [--rounds 4] [--out bench.json] [--models cnn mlp]
+
+For each model with C=0.1, E=5, B=10 and with FedSGD (E=1, B=∞), in one process:
+- the compute floor: the same 10 client updates (the project's `train_local`) with no
+  Flower, the faster of (a) this process using every core and (b) one single-threaded
+  process per core, each taking its share of the clients;
+- the project's path: the same rounds through Flower's simulation as `main` runs them
+  (training time per round = round time - evaluation time);
+- centralized evaluation of the 10,000 test images, and start-up to the first round.
+Then Flower's fixed cost per round on the smallest round the paper runs thousands of
+(2NN, C=0, E=1, B=∞: one client, one full-batch step). Figures are medians over rounds.
+"""
+
+import argparse
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from .client import train_local
+from .config import num_sampled_clients, register_schema
+from .data import client_partitions, load_data
+from .errors import UserError
+from .models import build_model, place_model
+from .results import library_versions, load_results, write_json_atomic
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A benchmarked configuration."""
+
+    name: str
+    model: str
+    client_fraction: float
+    local_epochs: int
+    batch_size: int | None
+
+    def overrides(self) -> list[str]:
+        """Hydra overrides for this setting."""
+        batch = "null" if self.batch_size is None else str(self.batch_size)
+        return [
+            f"model={self.model}",
+            f"client_fraction={self.client_fraction}",
+            f"local_epochs={self.local_epochs}",
+            f"batch_size={batch}",
+        ]
+
+
+def compose_config(root: str, output_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """Compose the run config `main` would build for these overrides."""
+    register_schema()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[*overrides, f"dataset.root={root}", f"output_dir={output_dir}"],
+        )
+
+
+# One single-threaded worker process per core: each loads the data once, then trains its
+# share of a round's clients on request.
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(cfg_yaml: str) -> None:
+    from omegaconf import OmegaConf
+
+    torch.set_num_threads(1)
+    cfg = OmegaConf.create(cfg_yaml)
+    assert isinstance(cfg, DictConfig)
+    _worker["cfg"] = cfg
+    _worker["data"] = load_data(cfg)
+    _worker["partitions"] = client_partitions(cfg)
+    _worker["model"] = place_model(build_model(cfg.model.name), "cpu")
+
+
+def _train_clients(job: tuple[dict[str, torch.Tensor], list[int]]) -> float:
+    state, partition_ids = job
+    cfg, data, model = _worker["cfg"], _worker["data"], _worker["model"]
+    started = time.perf_counter()
+    _train_partitions(cfg, data, _worker["partitions"], model, state, partition_ids)
+    return time.perf_counter() - started
+
+
+def _train_partitions(
+    cfg: DictConfig,
+    data: Any,
+    partitions: Sequence[Any],
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    partition_ids: Sequence[int],
+) -> None:
+    for partition_id in partition_ids:
+        indices = torch.from_numpy(partitions[partition_id])
+        model.load_state_dict(state)
+        generator = torch.Generator().manual_seed(partition_id)
+        train_local(
+            model,
+            data.train_images[indices],
+            data.train_labels[indices],
+            cfg.local_epochs,
+            cfg.batch_size,
+            cfg.lr,
+            generator,
+        )
+
+
+def compute_floor(cfg: DictConfig, rounds: int) -> dict[str, float]:
+    """Median seconds of one round's client updates without Flower, two ways."""
+    from omegaconf import OmegaConf
+
+    num_clients = num_sampled_clients(cfg.client_fraction, cfg.num_clients)
+    partition_ids = list(range(num_clients))
+    state = build_model(cfg.model.name).state_dict()
+    cores = os.cpu_count() or 1
+
+    data, partitions = load_data(cfg), client_partitions(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    model = place_model(build_model(cfg.model.name), "cpu")
+    _train_partitions(cfg, data, partitions, model, state, partition_ids[:1])  # warm-up
+    one_process = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        _train_partitions(cfg, data, partitions, model, state, partition_ids)
+        one_process.append(time.perf_counter() - started)
+    torch.set_num_threads(threads)
+
+    workers = min(cores, num_clients)
+    shares = [partition_ids[index::workers] for index in range(workers)]
+    context = multiprocessing.get_context("spawn")
+    yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    with context.Pool(workers, initializer=_init_worker, initargs=(yaml,)) as pool:
+        pool.map(_train_clients, [(state, share[:1]) for share in shares])  # warm-up
+        per_core = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            pool.map(_train_clients, [(state, share) for share in shares])
+            per_core.append(time.perf_counter() - started)
+    return {
+        "one_process_all_cores_s": statistics.median(one_process),
+        "one_process_per_core_s": statistics.median(per_core),
+        "floor_s": min(statistics.median(one_process), statistics.median(per_core)),
+    }
+
+
+def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
+    """Run `cfg` through `main`'s Flower simulation; return its per-round figures."""
+    from .main import run
+
+    launched = time.time()
+    results_path = run(cfg)
+    history = load_results(results_path)["history"]
+    steady = [r for r in history if r["round"] >= 2] or [r for r in history if r["round"] >= 1]
+    return {
+        "startup_s": history[0]["time"] - launched,
+        "round_s": statistics.median(r["seconds"] for r in steady),
+        "train_s": statistics.median(r["seconds"] - r["eval_seconds"] for r in steady),
+        "eval_s": statistics.median(r["eval_seconds"] for r in history),
+        "rounds": len(history) - 1,
+    }
+
+
+def bench_setting(setting: Setting, root: str, work: Path, rounds: int) -> dict[str, Any]:
+    """Floor and Flower figures of one setting."""
+    cfg = compose_config(
+        root, work / setting.name, [*setting.overrides(), f"num_rounds={rounds + 1}"]
+    )
+    floor = compute_floor(cfg, rounds)
+    flower = flower_rounds(cfg)
+    return {
+        "setting": setting.__dict__,
+        **floor,
+        **{f"flower_{key}": value for key, value in flower.items()},
+        "flower_over_floor": flower["train_s"] / floor["floor_s"],
+    }
+
+
+def fixed_cost(root: str, work: Path, rounds: int) -> dict[str, float]:
+    """Flower's cost per round beyond compute and evaluation: 2NN, C=0, E=1, B=∞."""
+    setting = Setting("fixed_cost", "mlp", 0.0, 1, None)
+    cfg = compose_config(root, work / "fixed_cost", [*setting.overrides(), f"num_rounds={rounds}"])
+    floor = compute_floor(cfg, 5)
+    flower = flower_rounds(cfg)
+    return {
+        "client_compute_ms": 1000 * floor["floor_s"],
+        "round_ms": 1000 * flower["round_s"],
+        "eval_ms": 1000 * flower["eval_s"],
+        "fixed_cost_ms": 1000 * (flower["train_s"] - floor["floor_s"]),
+    }
+
+
+SETTINGS = {
+    "cnn": [Setting("cnn_E5_B10", "cnn", 0.1, 5, 10), Setting("cnn_fedsgd", "cnn", 0.1, 1, None)],
+    "mlp": [Setting("mlp_E5_B10", "mlp", 0.1, 5, 10), Setting("mlp_fedsgd", "mlp", 0.1, 1, None)],
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: run the benchmark, print the table, write the JSON."""
+    parser = argparse.ArgumentParser(prog="python -m fedavg_mnist.bench", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=4, help="measured rounds per setting (>= 3)")
+    parser.add_argument("--fixed-cost-rounds", type=int, default=60)
+    parser.add_argument("--models", nargs="+", choices=sorted(SETTINGS), default=["cnn", "mlp"])
+    parser.add_argument("--data-root", default=os.environ.get("FEDAVG_MNIST_DATA", "data"))
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = parser.parse_args(argv)
+    if args.rounds < 3:
+        print("error: --rounds must be >= 3 (figures are medians)", file=sys.stderr)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedavg-bench-") as work:
+            rows = [
+                bench_setting(setting, args.data_root, Path(work), args.rounds)
+                for model in args.models
+                for setting in SETTINGS[model]
+            ]
+            fixed = fixed_cost(args.data_root, Path(work), args.fixed_cost_rounds)
+        report = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "versions": library_versions(),
+            "command": " ".join(["python -m fedavg_mnist.bench", *(argv or sys.argv[1:])]),
+            "settings": rows,
+            "fixed_cost": fixed,
+        }
+        write_json_atomic(args.out, report)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Format the benchmark as a Markdown table."""
+    lines = [
+        "| setting | floor: 1 proc (s) | floor: 1 proc/core (s) | Flower train (s) "
+        "| Flower/floor | eval (s) | start-up (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["settings"]:
+        lines.append(
+            f"| {row['setting']['name']} | {row['one_process_all_cores_s']:.3f} "
+            f"| {row['one_process_per_core_s']:.3f} | {row['flower_train_s']:.3f} "
+            f"| {row['flower_over_floor']:.2f} | {row['flower_eval_s']:.3f} "
+            f"| {row['flower_startup_s']:.1f} |"
+        )
+    fixed = report["fixed_cost"]
+    lines.append(
+        f"\n2NN C=0 E=1 B=∞: round {fixed['round_ms']:.0f} ms = client compute "
+        f"{fixed['client_compute_ms']:.0f} ms + evaluation {fixed['eval_ms']:.0f} ms + "
+        f"Flower's fixed cost {fixed['fixed_cost_ms']:.0f} ms"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Stop and resume: a run killed with SIGKILL continues from its checkpoint bit for bit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import PROJECT_ROOT, run_cli, tiny_overrides
+
+
+def _history(run_dir: Path) -> list[tuple[int, float, float]]:
+    document = json.loads((run_dir / "results.json").read_text())
+    assert document["finished"] is True
+    return [(r["round"], r["accuracy"], r["loss"]) for r in document["history"]]
+
+
+def _rounds_logged(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "rounds.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def test_killed_run_resumes_to_the_same_history(synthetic_root: Path, tmp_path: Path) -> None:
+    settings = ["num_rounds=40", "checkpoint_every=3", "client_fraction=0.25"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert run_cli(*tiny_overrides(synthetic_root, reference, *settings)).returncode == 0
+
+    command = [
+        sys.executable,
+        "-m",
+        "fedavg_mnist.main",
+        *tiny_overrides(synthetic_root, killed, *settings),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while _rounds_logged(killed) < 8 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the run and its Ray workers, mid-run
+    process.wait()
+    logged = _rounds_logged(killed)
+    assert 8 <= logged < 41, "the run was not stopped mid-way"
+    assert json.loads((killed / "results.json").read_text())["finished"] is False
+
+    resumed = run_cli(*tiny_overrides(synthetic_root, killed, *settings, "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr
+    history = _history(killed)
+    assert [r[0] for r in history] == list(range(41))  # no round lost or repeated
+    assert history == _history(reference)
+    assert _rounds_logged(killed) == 41
+    assert json.loads((killed / "results.json").read_text())["resumed_after_rounds"]
+
+
+def test_resume_refuses_other_settings_and_finished_runs(synthetic_root: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*tiny_overrides(synthetic_root, run_dir)).returncode == 0
+    for extra, pattern in (
+        (["lr=0.05"], "cannot resume"),
+        ([], "nothing to resume"),
+    ):
+        result = run_cli(*tiny_overrides(synthetic_root, run_dir, *extra, "resume=true"))
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], lines
+    fresh = run_cli(*tiny_overrides(synthetic_root, tmp_path / "empty", "resume=true"))
+    assert fresh.returncode == 2 and "nothing to resume: no checkpoint.pt" in fresh.stderr
+    # a finished run can be continued for more rounds
+    longer = run_cli(*tiny_overrides(synthetic_root, run_dir, "num_rounds=4", "resume=true"))
+    assert longer.returncode == 0, longer.stderr
+    assert [r[0] for r in _history(run_dir)] == [0, 1, 2, 3, 4]

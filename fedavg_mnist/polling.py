@@ -42,6 +42,9 @@ def wake_on_messages(grid: Grid) -> None:
         return message_ids
 
     def pull_messages(message_ids: Iterable[str]) -> Iterable[Message]:
+        message_ids = list(message_ids)
+        if not message_ids:  # nothing sent (e.g. no federated evaluation): nothing to wait for
+            return []
         _reply_stored.wait(FLOWER_POLL_INTERVAL)
         _reply_stored.clear()  # a reply stored from here on sets it again
         return pull(message_ids)

@@ -78,17 +78,33 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("tuned_lr", tuned_lr)
 
 
-def lr_key(partition: str, local_epochs: int, batch_size: int | None) -> str:
-    """Key of a preset's `lr_table`: partition choice, E and B, e.g. `iid_E5_B10`."""
+def lr_key(
+    partition: str, local_epochs: int, batch_size: int | None, client_fraction: float | None = None
+) -> str:
+    """Key of a preset's `lr_table`, e.g. `iid_E5_B10`, or `iid_C0p1_E1_B10` for C=0.1 only."""
     batch = "inf" if batch_size is None else str(batch_size)
-    return f"{partition}_E{local_epochs}_B{batch}"
+    fraction = (
+        "" if client_fraction is None else "_C" + str(float(client_fraction)).replace(".", "p")
+    )
+    return f"{partition}{fraction}_E{local_epochs}_B{batch}"
 
 
 def tuned_lr(
-    table: DictConfig, partition: str, local_epochs: int, batch_size: int | None, default: float
+    table: DictConfig,
+    partition: str,
+    client_fraction: float,
+    local_epochs: int,
+    batch_size: int | None,
+    default: float,
 ) -> float:
-    """η measured best for (partition, E, B) in a preset's `lr_table`, else `default`."""
-    return float(table.get(lr_key(partition, local_epochs, batch_size), default))
+    """η measured best for (partition, C, E, B), else for (partition, E, B), else `default`."""
+    for key in (
+        lr_key(partition, local_epochs, batch_size, client_fraction),
+        lr_key(partition, local_epochs, batch_size),
+    ):
+        if key in table:
+            return float(table[key])
+    return float(default)
 
 
 def num_sampled_clients(client_fraction: float, num_clients: int) -> int:

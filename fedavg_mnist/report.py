@@ -83,6 +83,7 @@ class Setting:
     local_epochs: int
     batch_size: int | None
     target_accuracy: float
+    normalize: bool = True  # standardized pixels (the default), or raw [0, 1]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Run:
                 local_epochs=int(cfg["local_epochs"]),
                 batch_size=cfg["batch_size"],
                 target_accuracy=float(document["target_accuracy"]),
+                normalize=bool(cfg.get("dataset", {}).get("normalize", True)),
             )
             trained = [r for r in document["history"] if r["round"] >= 0]
             rounds = [int(r["round"]) for r in trained]
@@ -361,7 +363,18 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
     others = [(s, found) for s, found in best.items() if s not in paper_settings]
     if not others:
         return ""
-    header = ["model", "partition", "K", "C", "E", "B", "η", "rounds to target", "best accuracy"]
+    header = [
+        "model",
+        "partition",
+        "K",
+        "C",
+        "E",
+        "B",
+        "pixels",
+        "η",
+        "rounds to target",
+        "best accuracy",
+    ]
     lines = ["### Other configurations", "", _md_row(header), _md_row(["---"] * len(header))]
     for setting, (run, _) in sorted(others, key=lambda item: repr(item[0])):
         lines.append(
@@ -373,6 +386,7 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
                     f"{setting.client_fraction:g}",
                     str(setting.local_epochs),
                     "∞" if setting.batch_size is None else str(setting.batch_size),
+                    "standardized" if setting.normalize else "[0, 1]",
                     f"{run.lr:g}",
                     _rounds_text(run.rounds_to_target, None, False)
                     if run.status == REACHED

@@ -59,6 +59,10 @@ def test_each_preset_sweeps_exactly_its_paper_table(table) -> None:
 def test_preset_uses_its_measured_lr_and_overrides_win() -> None:
     cfg = _compose("+experiment=table1_mlp", "partition=pathological", "batch_size=null")
     assert cfg.lr == cfg.lr_table[lr_key("pathological", 1, None)]
+    # a rate measured for one C alone applies to that C, the (partition, E, B) rate elsewhere
+    one_client = _compose("+experiment=table1_mlp", "client_fraction=0.0", "batch_size=10")
+    assert one_client.lr == one_client.lr_table["iid_C0p0_E1_B10"]
+    assert _compose("+experiment=table1_mlp", "batch_size=10").lr == cfg.lr_table["iid_E1_B10"]
     assert _compose("+experiment=table1_mlp", "lr=0.0123").lr == 0.0123
     # a cell the table does not list falls back to the model's default η
     assert _compose("+experiment=table1_cnn", "batch_size=50").lr == cfg.model.lr == 0.1

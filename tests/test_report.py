@@ -28,6 +28,7 @@ def fake_run(
     num_clients: int = 100,
     num_rounds: int | None = None,
     finished: bool = True,
+    normalize: bool = True,
 ) -> None:
     """Write a results.json whose round r (from 0) has test accuracy accuracies[r]."""
     path.mkdir(parents=True)
@@ -41,6 +42,7 @@ def fake_run(
             "batch_size": batch_size,
             "lr": lr,
             "num_rounds": num_rounds if num_rounds is not None else len(accuracies) - 1,
+            "dataset": {"normalize": normalize},
         },
         "target_accuracy": 0.97 if model == "mlp" else 0.99,
         "finished": finished,
@@ -75,6 +77,7 @@ def fake_sweep(tmp_path: Path) -> Path:
     fake_run(sweep / "6", [0.1, 0.8], partition=SHARDS, client_fraction=0.0, lr=0.05)
     fake_run(sweep / "7", [0.1, 0.85], partition=SHARDS, client_fraction=0.0, lr=0.1)
     fake_run(sweep / "8", [0.1, 0.98], num_clients=10)  # in no paper table
+    fake_run(sweep / "9", [0.1, 0.99], normalize=False)  # another setting than C=0.1's cell
     return sweep
 
 
@@ -127,7 +130,8 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "— (best 60.00% in 2)" in markdown
     assert "0.1 (best of 2)" in markdown
     assert "### Other configurations" in markdown
-    assert "| mlp | IID | 10 | 0.1 | 1 | 10 | 0.1 | 1 | 0.9800 |" in markdown
+    assert "| mlp | IID | 10 | 0.1 | 1 | 10 | standardized | 0.1 | 1 | 0.9800 |" in markdown
+    assert "| mlp | IID | 100 | 0.1 | 1 | 10 | [0, 1] | 0.1 | 1 | 0.9900 |" in markdown
 
 
 def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -143,7 +147,7 @@ def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_report_and_plot_commands(fake_sweep: Path, tmp_path: Path) -> None:
     report = _module("fedavg_mnist.report", str(fake_sweep))
     assert report.returncode == 0, report.stderr
-    assert "9 runs" in report.stdout
+    assert "10 runs" in report.stdout
     assert (fake_sweep / "table.md").is_file() and (fake_sweep / "table.csv").is_file()
 
     plot = _module("fedavg_mnist.plot", str(fake_sweep / "0"), str(fake_sweep / "1"))

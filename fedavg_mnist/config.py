@@ -41,7 +41,7 @@ class ClientResources:
     """Resources Flower's Ray backend gives each simulated client."""
 
     num_cpus: int = 1  # also the number of torch threads per client
-    num_gpus: float = 0.0  # fraction of a GPU per client when device is CUDA
+    num_gpus: float | None = None  # GPU fraction per client; None: 0.25 on CUDA, 0 on CPU
 
 
 @dataclass
@@ -112,6 +112,16 @@ def num_sampled_clients(client_fraction: float, num_clients: int) -> int:
     return max(int(round(client_fraction * num_clients)), 1)
 
 
+GPU_SHARE = 0.25  # default GPU fraction per simulated client: four clients share a GPU
+
+
+def gpus_per_client(num_gpus: float | None, device: str) -> float:
+    """GPU fraction Flower's Ray backend reserves per client: the setting, or automatic."""
+    if num_gpus is not None:
+        return float(num_gpus)
+    return GPU_SHARE if device == "cuda" else 0.0
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise `UserError` naming the first setting outside its allowed range."""
     checks = [
@@ -131,7 +141,11 @@ def validate(cfg: DictConfig) -> None:
         ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 0, ">= 0 (0: never)"),
         ("client_resources.num_cpus", cfg.client_resources.num_cpus >= 1, ">= 1"),
-        ("client_resources.num_gpus", cfg.client_resources.num_gpus >= 0, ">= 0"),
+        (
+            "client_resources.num_gpus",
+            cfg.client_resources.num_gpus is None or cfg.client_resources.num_gpus >= 0,
+            ">= 0, or null for automatic",
+        ),
     ]
     for key, ok, allowed in checks:
         if not ok:

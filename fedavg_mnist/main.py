@@ -13,7 +13,7 @@ from flwr.app import ConfigRecordValues
 from omegaconf import DictConfig
 
 from .checkpoint import CHECKPOINT_FILE
-from .config import register_schema, to_plain_dict, to_run_config, validate
+from .config import gpus_per_client, register_schema, to_plain_dict, to_run_config, validate
 from .data import client_partitions, load_data
 from .errors import UserError
 from .models import resolve_device
@@ -118,7 +118,7 @@ def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:
 def run(cfg: DictConfig) -> Path:
     """Validate, launch the Flower simulation and return the results file."""
     validate(cfg)
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     output_dir = Path(cfg.output_dir)
@@ -144,7 +144,7 @@ def run(cfg: DictConfig) -> Path:
         backend_config={
             "client_resources": {
                 "num_cpus": cfg.client_resources.num_cpus,
-                "num_gpus": cfg.client_resources.num_gpus,
+                "num_gpus": gpus_per_client(cfg.client_resources.num_gpus, device.type),
             },
             "init_args": init_args,
         },

@@ -74,3 +74,11 @@ def test_pyproject_app_config_is_the_hydra_default() -> None:
         _compose("dataset.root=data", "output_dir=outputs/flwr-run"), resolve=True
     )
     assert from_flwr == from_hydra
+
+
+def test_gpu_share_is_automatic_on_cuda_only() -> None:
+    from fedavg_mnist.config import gpus_per_client
+
+    assert gpus_per_client(None, "cuda") == 0.25  # four simulated clients share one GPU
+    assert gpus_per_client(None, "cpu") == 0.0
+    assert gpus_per_client(0.5, "cuda") == 0.5

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UserError
-from .report import find_results
+from .report import default_output_dir, find_results
 from .results import load_results, plot_accuracy
 
 
@@ -27,8 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         documents = [load_results(path) for path in find_results(args.paths)]
-        first = Path(args.paths[0])
-        stem = args.out or (first if first.is_dir() else first.parent) / "accuracy_curves"
+        stem = args.out or default_output_dir(args.paths) / "accuracy_curves"
         paths = [stem.with_name(f"{stem.name}.png"), stem.with_name(f"{stem.name}.pdf")]
         stem.parent.mkdir(parents=True, exist_ok=True)
         plot_accuracy(documents, paths, log_x=not args.linear_x)

@@ -162,6 +162,12 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def default_output_dir(paths: Sequence[str | Path]) -> Path:
+    """Where the commands write by default: the first path, or the folder of a file."""
+    first = Path(paths[0])
+    return first if first.is_dir() else first.parent
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Load and summarize every run below `paths`."""
     return [Run.from_document(path, load_results(path)) for path in find_results(paths)]
@@ -442,8 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.paths)
-        first = Path(args.paths[0])
-        out_dir = args.out or (first if first.is_dir() else first.parent)
+        out_dir = args.out or default_output_dir(args.paths)
         md_path, csv_path = write_report(runs, out_dir)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

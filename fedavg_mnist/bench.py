@@ -1,6 +1,7 @@
 """Round-time benchmark: Flower's path against the compute floor, evaluation, start-up.
 
     python -m fedavg_mnist.bench [--rounds 4] [--out bench.json] [--models cnn mlp]
+                                 [--precision fp32|bf16]
 
 For each model with C=0.1, E=5, B=10 and with FedSGD (E=1, B=∞), in one process:
 - the compute floor: the same 10 client updates (the project's `train_local`) with no
@@ -34,7 +35,7 @@ from .client import train_local
 from .config import num_sampled_clients, register_schema
 from .data import client_partitions, load_data
 from .errors import UserError
-from .models import build_model, place_model
+from .models import autocast, build_model, place_model
 from .results import library_versions, load_results, write_json_atomic
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -108,15 +109,16 @@ def _train_partitions(
         indices = torch.from_numpy(partitions[partition_id])
         model.load_state_dict(state)
         generator = torch.Generator().manual_seed(partition_id)
-        train_local(
-            model,
-            data.train_images[indices],
-            data.train_labels[indices],
-            cfg.local_epochs,
-            cfg.batch_size,
-            cfg.lr,
-            generator,
-        )
+        with autocast(cfg.precision, "cpu"):
+            train_local(
+                model,
+                data.train_images[indices],
+                data.train_labels[indices],
+                cfg.local_epochs,
+                cfg.batch_size,
+                cfg.lr,
+                generator,
+            )
 
 
 def compute_floor(cfg: DictConfig, rounds: int) -> dict[str, float]:
@@ -175,10 +177,14 @@ def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def bench_setting(setting: Setting, root: str, work: Path, rounds: int) -> dict[str, Any]:
+def bench_setting(
+    setting: Setting, root: str, work: Path, rounds: int, precision: str = "fp32"
+) -> dict[str, Any]:
     """Floor and Flower figures of one setting."""
     cfg = compose_config(
-        root, work / setting.name, [*setting.overrides(), f"num_rounds={rounds + 1}"]
+        root,
+        work / setting.name,
+        [*setting.overrides(), f"num_rounds={rounds + 1}", f"precision={precision}"],
     )
     floor = compute_floor(cfg, rounds)
     flower = flower_rounds(cfg)
@@ -216,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds per setting (>= 3)")
     parser.add_argument("--fixed-cost-rounds", type=int, default=60)
     parser.add_argument("--models", nargs="+", choices=sorted(SETTINGS), default=["cnn", "mlp"])
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--data-root", default=os.environ.get("FEDAVG_MNIST_DATA", "data"))
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="fedavg-bench-") as work:
             rows = [
-                bench_setting(setting, args.data_root, Path(work), args.rounds)
+                bench_setting(setting, args.data_root, Path(work), args.rounds, args.precision)
                 for model in args.models
                 for setting in SETTINGS[model]
             ]
@@ -234,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "versions": library_versions(),
             "command": " ".join(["python -m fedavg_mnist.bench", *(argv or sys.argv[1:])]),
+            "precision": args.precision,
             "settings": rows,
             "fixed_cost": fixed,
         }

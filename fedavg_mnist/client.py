@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import run_settings
 from .data import client_partitions, load_data
-from .models import build_model, place_model, resolve_device
+from .models import autocast, build_model, place_model, resolve_device
 
 PARTITION_ID_KEY = "partition-id"
 
@@ -96,7 +96,10 @@ def train(msg: Message, context: Context, fallback: UserConfig | None = None) ->
     model = _model(cfg.model.name, str(images.device))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
-    loss = train_local(model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator)
+    with autocast(cfg.precision, images.device):
+        loss = train_local(
+            model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator
+        )
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

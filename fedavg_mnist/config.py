@@ -13,6 +13,7 @@ from .models import MODEL_CLASSES
 
 MODELS = tuple(MODEL_CLASSES)
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 # `run_config` values cannot be None: B=0 there stands for B=∞ (null in Hydra).
 FULL_BATCH = 0
 
@@ -61,6 +62,7 @@ class Config:
     target_accuracy: float = "${model.target_accuracy}"  # type: ignore[assignment]
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
+    precision: str = "fp32"  # fp32, or bf16: autocast to bfloat16 (weights and SGD stay fp32)
     eval_batch_size: int = 2000
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     client_resources: ClientResources = field(default_factory=ClientResources)
@@ -138,6 +140,7 @@ def validate(cfg: DictConfig) -> None:
         ("num_rounds", cfg.num_rounds >= 1, ">= 1"),
         ("target_accuracy", 0.0 < cfg.target_accuracy <= 1.0, "in (0, 1]"),
         ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+        ("precision", cfg.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 0, ">= 0 (0: never)"),
         ("client_resources.num_cpus", cfg.client_resources.num_cpus >= 1, ">= 1"),

@@ -1,5 +1,7 @@
 """The paper's two MNIST networks: the 2NN (MLP) and the CNN."""
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import nn
 
@@ -78,3 +80,10 @@ def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Move `model` to `device` in channels-last layout (convolutions ~25% faster on CPU)."""
     model.to(device)
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager[object]:
+    """Context for forward passes at `precision`: bf16 autocasts matmuls and convolutions."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()

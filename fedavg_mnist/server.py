@@ -26,7 +26,7 @@ from .checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_stat
 from .client import reported_partition_id
 from .config import num_sampled_clients, run_settings
 from .data import load_data
-from .models import build_model, num_parameters, place_model, resolve_device
+from .models import autocast, build_model, num_parameters, place_model, resolve_device
 from .polling import wake_on_messages
 from .results import RunRecorder, load_results
 
@@ -196,7 +196,8 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
             return None  # the checkpoint's model: evaluated and recorded before the stop
         model.load_state_dict(arrays.to_torch_state_dict())
         started = time.perf_counter()
-        loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
+        with autocast(cfg.precision, device):
+            loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
         recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
         reached = cfg.stop_at_target and server_round > 0 and accuracy >= cfg.target_accuracy
         every = cfg.checkpoint_every

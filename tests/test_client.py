@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedavg_mnist.client import client_seed, train_local
+from fedavg_mnist.models import autocast
 
 
 def _problem(num: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,3 +76,18 @@ def test_client_seeds_differ_by_round_and_client() -> None:
     seeds = {client_seed(0, r, c) for r in range(1, 4) for c in range(5)}
     assert len(seeds) == 15
     assert client_seed(0, 1, 1) == client_seed(0, 1, 1)
+
+
+def test_bf16_autocast_trains_in_bfloat16_and_keeps_fp32_weights() -> None:
+    images, labels = _problem()
+    model, reference = _model(), _model()
+    with autocast("bf16", "cpu"):
+        assert model(images).dtype == torch.bfloat16
+        train_local(model, images, labels, 1, 10, 0.1, torch.Generator().manual_seed(1))
+    with autocast("fp32", "cpu"):
+        assert model(images).dtype == torch.float32
+    train_local(reference, images, labels, 1, 10, 0.1, torch.Generator().manual_seed(1))
+    for trained, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        assert trained.dtype == torch.float32
+        assert not torch.equal(trained, expected)
+        torch.testing.assert_close(trained, expected, rtol=0.05, atol=0.05)

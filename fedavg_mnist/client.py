@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .config import run_settings
-from .data import client_partitions, load_data
+from .data import load_data, run_partitions
 from .models import autocast, build_model, place_model, resolve_device
 
 PARTITION_ID_KEY = "partition-id"
@@ -70,7 +70,7 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 def _partition_data(cfg: DictConfig, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return a client's images and labels on the run's device, built once per process."""
     data = load_data(cfg)
-    indices = torch.from_numpy(client_partitions(cfg)[partition_id])
+    indices = torch.from_numpy(run_partitions(cfg)[partition_id])
     device = resolve_device(cfg.device)
     return data.train_images[indices].to(device), data.train_labels[indices].to(device)
 

@@ -11,14 +11,14 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset
-from flwr_datasets.partitioner import Partitioner
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:  # imported where used: worker processes that read the partitions skip them
+    from flwr_datasets.partitioner import Partitioner
 
 from .errors import UserError
 
@@ -180,12 +180,16 @@ def load_mnist(
     )
 
 
-def partition_indices(labels: np.ndarray, partitioner: Partitioner, seed: int) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray, partitioner: "Partitioner", seed: int
+) -> list[np.ndarray]:
     """Split example indices among clients with a flwr-datasets partitioner.
 
     The partitioner sees a label-only table shuffled by `seed`, so IID partitions hold
     random examples; each client gets an index array into the in-memory tensors.
     """
+    from datasets import Dataset
+
     order = np.random.default_rng(seed).permutation(len(labels))
     partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
     try:
@@ -199,8 +203,11 @@ def partition_indices(labels: np.ndarray, partitioner: Partitioner, seed: int) -
         raise UserError(f"invalid partition: {err}") from err
 
 
-def make_partitioner(partition_cfg: DictConfig | dict[str, Any]) -> Partitioner:
+def make_partitioner(partition_cfg: DictConfig | dict[str, Any]) -> "Partitioner":
     """Instantiate the partitioner named by the config's `_target_`."""
+    from flwr_datasets.partitioner import Partitioner
+    from hydra.utils import instantiate
+
     try:
         partitioner = instantiate(partition_cfg)
     except Exception as err:
@@ -247,6 +254,47 @@ def client_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
         cfg.seed,
         cfg.num_clients,
     )
+
+
+PARTITIONS_FILE = "partitions.npz"
+
+
+def partitions_key(cfg: DictConfig) -> str:
+    """Return what decides the partitions: the partitioner, K and the seed."""
+    partition = OmegaConf.to_container(cfg.partition, resolve=True)
+    return json.dumps(partition, sort_keys=True) + f"|K={cfg.num_clients}|seed={cfg.seed}"
+
+
+def save_partitions(path: Path, key: str, parts: tuple[np.ndarray, ...]) -> None:
+    """Write the clients' indices atomically as `.npz` (all indices, offsets, key)."""
+    offsets = np.cumsum([0, *(len(part) for part in parts)])
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, indices=np.concatenate(parts), offsets=offsets, key=np.array(key))
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_partitions(path: Path, key: str) -> tuple[np.ndarray, ...] | None:
+    """Read partitions saved by `save_partitions`; None if absent or saved for another key."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["key"]) != key:
+                return None
+            indices, offsets = saved["indices"], saved["offsets"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return tuple(indices[start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True))
+
+
+@lru_cache(maxsize=4)
+def run_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
+    """Return the run's partitions, read from `<output_dir>/partitions.npz` if `main` saved them."""
+    saved = load_partitions(Path(cfg.output_dir) / PARTITIONS_FILE, partitions_key(cfg))
+    return saved if saved is not None else client_partitions(cfg)
 
 
 def load_data(cfg: DictConfig) -> Mnist:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import CHECKPOINT_FILE
 from .config import gpus_per_client, register_schema, to_plain_dict, to_run_config, validate
-from .data import client_partitions, load_data
+from .data import PARTITIONS_FILE, client_partitions, load_data, partitions_key, save_partitions
 from .errors import UserError
 from .models import resolve_device
 from .polling import install_engine_wakeups
@@ -126,7 +126,7 @@ def run(cfg: DictConfig) -> Path:
     if cfg.resume:
         check_resumable(cfg)
     load_data(cfg)
-    client_partitions(cfg)
+    save_partitions(output_dir / PARTITIONS_FILE, partitions_key(cfg), client_partitions(cfg))
 
     init_args = quiet_libraries(cfg.verbose)
     from flwr.simulation import run_simulation

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli, tiny_overrides
 
@@ -105,6 +106,9 @@ def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_pat
     best = max(r["accuracy"] for r in results["history"][1:])
     assert results["best_accuracy"] == best
     assert (run_dir / "accuracy.png").stat().st_size > 1000
+    with np.load(run_dir / "partitions.npz") as saved:  # each client's example indices
+        assert saved["offsets"].tolist() == [0, 100, 200, 300, 400]
+        assert sorted(saved["indices"].tolist()) == list(range(400))
     for round_number in (0, 1, 2):
         assert f"round {round_number:4d}  accuracy" in result.stdout
     assert "best accuracy" in result.stdout and str(run_dir / "results.json") in result.stdout

@@ -5,18 +5,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_digits, write_idx, write_synthetic_mnist
+from conftest import PROJECT_ROOT, synthetic_digits, write_idx, write_synthetic_mnist
 from flwr_datasets.partitioner import IidPartitioner, ShardPartitioner
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from fedavg_mnist import data
+from fedavg_mnist.config import register_schema
 from fedavg_mnist.data import (
     MNIST_MEAN,
     MNIST_STD,
+    PARTITIONS_FILE,
+    client_partitions,
     ensure_mnist,
     load_mnist,
+    load_partitions,
     make_partitioner,
     partition_indices,
+    partitions_key,
     read_idx,
+    run_partitions,
+    save_partitions,
 )
 from fedavg_mnist.errors import UserError
 
@@ -164,3 +173,43 @@ def test_pathological_partition_is_two_shards_of_sorted_labels() -> None:
 def test_unknown_partitioner_class_is_a_user_error() -> None:
     with pytest.raises(UserError, match="invalid partition"):
         make_partitioner({"_target_": "flwr_datasets.partitioner.NoSuchPartitioner"})
+
+
+def _run_cfg(root: Path, output_dir: Path, *overrides: str) -> DictConfig:
+    register_schema()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "num_clients=4",
+                f"dataset.root={root}",
+                "dataset.verify_checksums=false",
+                f"output_dir={output_dir}",
+                *overrides,
+            ],
+        )
+
+
+def test_saved_partitions_round_trip_and_are_keyed(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _run_cfg(synthetic_root, tmp_path)
+    parts = client_partitions(cfg)
+    path = tmp_path / PARTITIONS_FILE
+    save_partitions(path, partitions_key(cfg), parts)
+    loaded = load_partitions(path, partitions_key(cfg))
+    assert loaded is not None
+    assert [p.tolist() for p in loaded] == [p.tolist() for p in parts]
+    other_seed = _run_cfg(synthetic_root, tmp_path, "seed=1")
+    assert partitions_key(other_seed) != partitions_key(cfg)
+    assert load_partitions(path, partitions_key(other_seed)) is None
+    assert load_partitions(tmp_path / "missing.npz", partitions_key(cfg)) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", PARTITIONS_FILE]  # no temp file
+
+
+def test_workers_read_the_runs_saved_partitions(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _run_cfg(synthetic_root, tmp_path, "seed=3")
+    computed = client_partitions(cfg)
+    swapped = (computed[1], computed[0], *computed[2:])
+    save_partitions(tmp_path / PARTITIONS_FILE, partitions_key(cfg), swapped)
+    assert run_partitions(cfg)[0].tolist() == computed[1].tolist()
+    elsewhere = _run_cfg(synthetic_root, tmp_path / "no-file", "seed=3")
+    assert run_partitions(elsewhere)[0].tolist() == computed[0].tolist()

@@ -167,21 +167,24 @@ def to_run_config(cfg: DictConfig) -> UserConfig:
     if nested["batch_size"] is None:
         nested["batch_size"] = FULL_BATCH
     flat: UserConfig = {}
-    _flatten(nested, "", flat)
+    for name, value in flatten(nested).items():
+        if value is None:
+            continue  # absent: the schema's or the partitioner's default applies
+        if not isinstance(value, bool | int | float | str):
+            raise UserError(f"invalid config: {name} must be a number, bool or string")
+        flat[name] = value
     return flat
 
 
-def _flatten(node: dict[str, Any], prefix: str, out: UserConfig) -> None:
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return a nested dict's leaves under dotted keys (`dataset.root`)."""
+    flat: dict[str, Any] = {}
     for key, value in node.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            _flatten(value, f"{name}.", out)
-        elif value is None:
-            continue  # absent: the schema's or the partitioner's default applies
-        elif isinstance(value, bool | int | float | str):
-            out[name] = value
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            raise UserError(f"invalid config: {name} must be a number, bool or string")
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def from_run_config(run_config: UserConfig) -> DictConfig:

@@ -6,14 +6,20 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import hydra
 from flwr.app import ConfigRecordValues
 from omegaconf import DictConfig
 
 from .checkpoint import CHECKPOINT_FILE
-from .config import gpus_per_client, register_schema, to_plain_dict, to_run_config, validate
+from .config import (
+    flatten,
+    gpus_per_client,
+    register_schema,
+    to_plain_dict,
+    to_run_config,
+    validate,
+)
 from .data import PARTITIONS_FILE, client_partitions, load_data, partitions_key, save_partitions
 from .errors import UserError
 from .models import resolve_device
@@ -73,7 +79,7 @@ RESUMABLE_CHANGES = (
 def check_resumable(cfg: DictConfig) -> None:
     """Refuse to resume a run under other settings or one that has nothing left to do."""
     previous = load_results(Path(cfg.output_dir))
-    saved, now = _flat(previous["config"]), _flat(to_plain_dict(cfg))
+    saved, now = flatten(previous["config"]), flatten(to_plain_dict(cfg))
     changed = sorted(
         key
         for key in saved.keys() | now.keys()
@@ -90,16 +96,6 @@ def check_resumable(cfg: DictConfig) -> None:
             f"nothing to resume: {cfg.output_dir} finished its {previous['completed_rounds']} "
             "rounds (raise num_rounds to continue it)"
         )
-
-
-def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:

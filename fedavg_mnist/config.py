@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
-from .models import MODEL_CLASSES
+from .models import INITS, MODEL_CLASSES
 
 MODELS = tuple(MODEL_CLASSES)
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,6 +25,7 @@ class ModelConfig:
     name: str = MISSING  # "cnn" or "mlp" (the paper's 2NN)
     target_accuracy: float = MISSING  # 0.99 CNN, 0.97 2NN
     lr: float = MISSING  # η used when `lr` is not overridden
+    init: str = "pytorch"  # initial weights: pytorch (default), or truncated_normal (TF style)
 
 
 @dataclass
@@ -128,6 +129,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise `UserError` naming the first setting outside its allowed range."""
     checks = [
         ("model.name", cfg.model.name in MODELS, f"one of {', '.join(MODELS)}"),
+        ("model.init", cfg.model.init in INITS, f"one of {', '.join(INITS)}"),
         ("num_clients", cfg.num_clients >= 1, ">= 1 (K)"),
         ("client_fraction", 0.0 <= cfg.client_fraction <= 1.0, "in [0, 1] (C)"),
         ("local_epochs", cfg.local_epochs >= 1, ">= 1 (E)"),

@@ -55,11 +55,27 @@ class Cnn(nn.Module):
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"cnn": Cnn, "mlp": Mlp}
 
 
-def build_model(name: str) -> nn.Module:
-    """Return a freshly initialized model by config name (`cnn` or `mlp`)."""
+INITS = ("pytorch", "truncated_normal")
+
+
+def build_model(name: str, init: str = "pytorch") -> nn.Module:
+    """Return a freshly initialized model by config name (`cnn` or `mlp`).
+
+    `init`: PyTorch's default (uniform, scaled by fan-in), or `truncated_normal`, the
+    TensorFlow MNIST tutorials' weights N(0, 0.1^2) cut at 2 std, biases 0.1.
+    """
     if name not in MODEL_CLASSES:
         raise UserError(f"unknown model {name!r}: choose one of {', '.join(MODEL_CLASSES)}")
-    return MODEL_CLASSES[name]()
+    model = MODEL_CLASSES[name]()
+    if init == "truncated_normal":
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.1, a=-0.2, b=0.2)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0.1)
+    elif init != "pytorch":
+        raise UserError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+    return model
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -84,6 +84,7 @@ class Setting:
     batch_size: int | None
     target_accuracy: float
     normalize: bool = True  # standardized pixels (the default), or raw [0, 1]
+    init: str = "pytorch"  # initial weights (`model.init`)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Run:
                 batch_size=cfg["batch_size"],
                 target_accuracy=float(document["target_accuracy"]),
                 normalize=bool(cfg.get("dataset", {}).get("normalize", True)),
+                init=str(cfg["model"].get("init", "pytorch")),
             )
             trained = [r for r in document["history"] if r["round"] >= 0]
             rounds = [int(r["round"]) for r in trained]
@@ -377,6 +379,7 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
         "E",
         "B",
         "pixels",
+        "init",
         "η",
         "rounds to target",
         "best accuracy",
@@ -393,6 +396,7 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
                     str(setting.local_epochs),
                     "∞" if setting.batch_size is None else str(setting.batch_size),
                     "standardized" if setting.normalize else "[0, 1]",
+                    setting.init,
                     f"{run.lr:g}",
                     _rounds_text(run.rounds_to_target, None, False)
                     if run.status == REACHED

@@ -175,7 +175,7 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
     output_dir = Path(cfg.output_dir)
     data = load_data(cfg)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
-    model = build_model(cfg.model.name)
+    model = build_model(cfg.model.name, cfg.model.init)
     strategy_state = {"num_train_nodes": num_sampled_clients(cfg.client_fraction, cfg.num_clients)}
     if cfg.resume:
         checkpoint = load_checkpoint(output_dir)

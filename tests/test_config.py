@@ -49,6 +49,7 @@ def test_run_config_round_trips(batch_size: int | None) -> None:
         ("num_rounds=0", "num_rounds must be >= 1"),
         ("lr=0", "lr must be > 0"),
         ("device=tpu", "device must be one of"),
+        ("model.init=xavier", "model.init must be one of pytorch, truncated_normal"),
         ("precision=fp16", "precision must be one of fp32, bf16"),
     ],
 )

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.models import Cnn, Mlp, build_model, num_parameters
@@ -16,3 +17,15 @@ def test_parameter_counts_match_the_paper(name: str, cls: type, count: int) -> N
 def test_unknown_model_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown model 'resnet'"):
         build_model("resnet")
+
+
+def test_truncated_normal_init_is_the_tensorflow_tutorials() -> None:
+    model = build_model("mlp", "truncated_normal")
+    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Linear)])
+    biases = torch.cat([m.bias for m in model.modules() if isinstance(m, nn.Linear)])
+    assert weights.abs().max() <= 0.2 and 0.08 < weights.std() < 0.09  # N(0, 0.1) cut at 2σ
+    assert torch.equal(biases, torch.full_like(biases, 0.1))
+    default = build_model("mlp")
+    assert default.state_dict()["layers.1.weight"].abs().max() <= 1 / 784**0.5
+    with pytest.raises(UserError, match="unknown init 'xavier'"):
+        build_model("mlp", "xavier")

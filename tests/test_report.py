@@ -29,12 +29,13 @@ def fake_run(
     num_rounds: int | None = None,
     finished: bool = True,
     normalize: bool = True,
+    init: str | None = None,
 ) -> None:
     """Write a results.json whose round r (from 0) has test accuracy accuracies[r]."""
     path.mkdir(parents=True)
     document = {
         "config": {
-            "model": {"name": model},
+            "model": {"name": model, **({"init": init} if init else {})},
             "partition": {"_target_": partition},
             "num_clients": num_clients,
             "client_fraction": client_fraction,
@@ -78,6 +79,7 @@ def fake_sweep(tmp_path: Path) -> Path:
     fake_run(sweep / "7", [0.1, 0.85], partition=SHARDS, client_fraction=0.0, lr=0.1)
     fake_run(sweep / "8", [0.1, 0.98], num_clients=10)  # in no paper table
     fake_run(sweep / "9", [0.1, 0.99], normalize=False)  # another setting than C=0.1's cell
+    fake_run(sweep / "10", [0.1, 0.5, 0.99], init="truncated_normal")  # and another
     return sweep
 
 
@@ -130,8 +132,12 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "— (best 60.00% in 2)" in markdown
     assert "0.1 (best of 2)" in markdown
     assert "### Other configurations" in markdown
-    assert "| mlp | IID | 10 | 0.1 | 1 | 10 | standardized | 0.1 | 1 | 0.9800 |" in markdown
-    assert "| mlp | IID | 100 | 0.1 | 1 | 10 | [0, 1] | 0.1 | 1 | 0.9900 |" in markdown
+    assert (
+        "| mlp | IID | 10 | 0.1 | 1 | 10 | standardized | pytorch | 0.1 | 1 | 0.9800 |" in markdown
+    )
+    assert "| mlp | IID | 100 | 0.1 | 1 | 10 | [0, 1] | pytorch | 0.1 | 1 | 0.9900 |" in markdown
+    row = "| mlp | IID | 100 | 0.1 | 1 | 10 | standardized | truncated_normal | 0.1 | 2 | 0.9900 |"
+    assert row in markdown
 
 
 def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -147,7 +153,7 @@ def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_report_and_plot_commands(fake_sweep: Path, tmp_path: Path) -> None:
     report = _module("fedavg_mnist.report", str(fake_sweep))
     assert report.returncode == 0, report.stderr
-    assert "10 runs" in report.stdout
+    assert "11 runs" in report.stdout
     assert (fake_sweep / "table.md").is_file() and (fake_sweep / "table.csv").is_file()
 
     plot = _module("fedavg_mnist.plot", str(fake_sweep / "0"), str(fake_sweep / "1"))

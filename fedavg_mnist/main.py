@@ -22,7 +22,7 @@ from .config import (
 )
 from .data import PARTITIONS_FILE, client_partitions, load_data, partitions_key, save_partitions
 from .errors import UserError
-from .models import resolve_device
+from .models import bf16_is_slow, resolve_device
 from .polling import install_engine_wakeups
 from .results import RESULTS_FILE, load_results
 
@@ -115,6 +115,13 @@ def run(cfg: DictConfig) -> Path:
     """Validate, launch the Flower simulation and return the results file."""
     validate(cfg)
     device = resolve_device(cfg.device)
+    if cfg.precision == "bf16" and bf16_is_slow(device):
+        print(
+            "warning: this CPU has neither AVX512-BF16 nor AMX: precision=bf16 runs slower "
+            "than fp32 here (docs/performance.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     output_dir = Path(cfg.output_dir)

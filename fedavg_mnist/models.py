@@ -103,3 +103,10 @@ def autocast(precision: str, device: torch.device | str) -> AbstractContextManag
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def bf16_is_slow(device: torch.device) -> bool:
+    """Tell whether `device` is a CPU without AVX512-BF16 or AMX (bf16 slower than fp32 there)."""
+    if device.type != "cpu":
+        return False
+    return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

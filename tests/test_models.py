@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from fedavg_mnist.errors import UserError
-from fedavg_mnist.models import Cnn, Mlp, build_model, num_parameters
+from fedavg_mnist.models import Cnn, Mlp, bf16_is_slow, build_model, num_parameters
 
 
 @pytest.mark.parametrize(("name", "cls", "count"), [("cnn", Cnn, 1_663_370), ("mlp", Mlp, 199_210)])
@@ -29,3 +29,16 @@ def test_truncated_normal_init_is_the_tensorflow_tutorials() -> None:
     assert default.state_dict()["layers.1.weight"].abs().max() <= 1 / 784**0.5
     with pytest.raises(UserError, match="unknown init 'xavier'"):
         build_model("mlp", "xavier")
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "slow"),
+    [(False, False, True), (True, False, False), (False, True, False)],
+)
+def test_bf16_is_slow_only_on_cpus_without_bf16_units(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, slow: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert bf16_is_slow(torch.device("cpu")) is slow
+    assert bf16_is_slow(torch.device("cuda")) is False

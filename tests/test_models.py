@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.models import Cnn, Mlp, bf16_is_slow, build_model, num_parameters
@@ -42,3 +43,20 @@ def test_bf16_is_slow_only_on_cpus_without_bf16_units(
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert bf16_is_slow(torch.device("cpu")) is slow
     assert bf16_is_slow(torch.device("cuda")) is False
+
+
+def test_cnn_is_conv_relu_pool_as_in_the_paper() -> None:
+    torch.manual_seed(0)
+    model = Cnn().eval()
+    images = torch.randn(8, 1, 28, 28)
+    weights = model.state_dict()
+    hidden = images
+    for layer in ("features.0", "features.3"):
+        hidden = F.conv2d(hidden, weights[f"{layer}.weight"], weights[f"{layer}.bias"], padding=2)
+        hidden = F.max_pool2d(F.relu(hidden), 2)
+    hidden = F.relu(
+        F.linear(hidden.flatten(1), weights["classifier.1.weight"], weights["classifier.1.bias"])
+    )
+    logits = F.linear(hidden, weights["classifier.3.weight"], weights["classifier.3.bias"])
+    with torch.no_grad():
+        assert torch.allclose(model(images), logits, atol=1e-6)

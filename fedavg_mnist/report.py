@@ -408,19 +408,62 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_cells_markdown(tables: Sequence[Sequence[CellResult]]) -> str:
+    """Every cell with a run, per table: rounds to one decimal, η, rounds run, wall time."""
+    header = ["cell", "ours: rounds to target", "paper", "ours/paper", "η", "rounds run"]
+    header += ["wall time", "status"]
+    lines = ["### Every run cell: learning rate, rounds run, wall time", ""]
+    for results in tables:
+        run_cells = [result for result in results if result.run is not None]
+        if not run_cells:
+            continue
+        table = run_cells[0].table
+        lines += [f"#### {table.title.split(':')[0]}", "", _md_row(header)]
+        lines.append(_md_row(["---"] * len(header)))
+        for result in run_cells:
+            cell, run = result.cell, result.run
+            if run is None:
+                continue
+            is_reference = cell.row == table.baseline_row
+            row = cell.row if table.row_header == "method" else f"{table.row_header}={cell.row}"
+            ours = _number(result.rounds) or "—"
+            if not is_reference and result.speedup is not None:
+                ours += f" ({result.speedup:.1f}×)"
+            ratio = result.ratio_to_paper
+            lines.append(
+                _md_row(
+                    [
+                        f"{cell.column}, {row}",
+                        ours,
+                        _rounds_text(cell.paper_rounds, result.paper_speedup, not is_reference),
+                        f"{ratio:.2f}" if ratio is not None else "",
+                        f"{run.lr:g}",
+                        str(run.completed_rounds),
+                        f"{run.wall_seconds / 60:.1f} min",
+                        run.status,
+                    ]
+                )
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_report(runs: Sequence[Run]) -> tuple[str, list[dict[str, Any]]]:
     """Markdown and CSV rows for every paper table that at least one run falls into."""
     best = best_runs(runs)
-    sections, rows = [], []
+    sections, rows, shown = [], [], []
     for table in TABLES:
         results = table_results(table, best)
         if all(result.run is None for result in results):
             continue
         sections.append(markdown_table(results))
         rows += csv_rows(results)
+        shown.append(results)
     other = other_runs_markdown(best)
     if other:
         sections.append(other)
+    if shown:
+        sections.append(run_cells_markdown(shown))
     legend = (
         "Rounds to target: where the best-so-far test accuracy crosses the target, "
         "interpolated between rounds; (n×): speed-up versus the table's first row in the "

@@ -138,6 +138,17 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "| mlp | IID | 100 | 0.1 | 1 | 10 | [0, 1] | pytorch | 0.1 | 1 | 0.9900 |" in markdown
     row = "| mlp | IID | 100 | 0.1 | 1 | 10 | standardized | truncated_normal | 0.1 | 2 | 0.9900 |"
     assert row in markdown
+    assert "#### Table 1, 2NN (E=1)" in markdown and "#### Table 4, 2NN (C=0.1)" in markdown
+    every_cell = markdown[markdown.index("### Every run cell") :]
+    rows = [
+        "| IID, B=10, C=0.0 | 3.5 | 316 | 0.01 | 0.1 | 4 | 0.2 min | reached |",
+        "| IID, B=10, C=0.1 | 1.5 (2.3×) | 87 (3.6×) | 0.02 | 0.1 | 2 | 0.2 min | reached |",
+        "| IID, B=10, C=0.5 | — | 75 (4.2×) |  | 0.1 | 1 | 0.2 min | unfinished |",
+        "| IID, FedAvg E=1 B=10 | 1.5 | 92 (16.0×) | 0.02 | 0.1 | 2 | 0.2 min | reached |",
+    ]
+    for row in rows:
+        assert row in every_cell
+    assert "IID, B=∞" not in every_cell  # cells without a run are left out
 
 
 def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:

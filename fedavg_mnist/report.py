@@ -222,6 +222,11 @@ class CellResult:
         return self.run.status if self.run else NOT_RUN
 
     @property
+    def is_reference(self) -> bool:
+        """Whether this cell is its column's baseline row (speed-ups are relative to it)."""
+        return self.cell.row == self.table.baseline_row
+
+    @property
     def rounds(self) -> float | None:
         """Our interpolated rounds to target."""
         return self.run.rounds_to_target if self.run else None
@@ -264,8 +269,10 @@ def table_results(
     return results
 
 
-def _rounds_text(rounds: float | None, speedup: float | None, show_speedup: bool) -> str:
-    text = f"{rounds:.0f}" if rounds is not None else "—"
+def _rounds_text(
+    rounds: float | None, speedup: float | None, show_speedup: bool, digits: int = 0
+) -> str:
+    text = f"{rounds:.{digits}f}" if rounds is not None else "—"
     if show_speedup and speedup is not None:
         text += f" ({speedup:.1f}×)"
     return text
@@ -274,11 +281,10 @@ def _rounds_text(rounds: float | None, speedup: float | None, show_speedup: bool
 def ours_text(result: CellResult) -> str:
     """Markdown text of our cell: rounds (speed-up), or why there is no number."""
     run = result.run
-    is_reference = result.cell.row == result.table.baseline_row
     if run is None:
         return "not run"
     if run.status == REACHED:
-        return _rounds_text(run.rounds_to_target, result.speedup, not is_reference)
+        return _rounds_text(run.rounds_to_target, result.speedup, not result.is_reference)
     best = f"{run.best_accuracy:.2%}" if run.best_accuracy is not None else "no round"
     if run.status == NOT_REACHED:
         return f"— (best {best} in {run.completed_rounds})"
@@ -297,11 +303,12 @@ def markdown_table(results: Sequence[CellResult]) -> str:
         cells = [row]
         for column in table.columns:
             result = by_position[(row, column)]
-            is_reference = row == table.baseline_row
             ratio = result.ratio_to_paper
             cells += [
                 ours_text(result),
-                _rounds_text(result.cell.paper_rounds, result.paper_speedup, not is_reference),
+                _rounds_text(
+                    result.cell.paper_rounds, result.paper_speedup, not result.is_reference
+                ),
                 f"{ratio:.2f}" if ratio is not None else "",
             ]
         lines.append(_md_row(cells))
@@ -414,28 +421,22 @@ def run_cells_markdown(tables: Sequence[Sequence[CellResult]]) -> str:
     header += ["wall time", "status"]
     lines = ["### Every run cell: learning rate, rounds run, wall time", ""]
     for results in tables:
-        run_cells = [result for result in results if result.run is not None]
-        if not run_cells:
-            continue
-        table = run_cells[0].table
+        table = results[0].table
         lines += [f"#### {table.title.split(':')[0]}", "", _md_row(header)]
         lines.append(_md_row(["---"] * len(header)))
-        for result in run_cells:
+        for result in results:
             cell, run = result.cell, result.run
             if run is None:
                 continue
-            is_reference = cell.row == table.baseline_row
             row = cell.row if table.row_header == "method" else f"{table.row_header}={cell.row}"
-            ours = _number(result.rounds) or "—"
-            if not is_reference and result.speedup is not None:
-                ours += f" ({result.speedup:.1f}×)"
+            show_speedup = not result.is_reference
             ratio = result.ratio_to_paper
             lines.append(
                 _md_row(
                     [
                         f"{cell.column}, {row}",
-                        ours,
-                        _rounds_text(cell.paper_rounds, result.paper_speedup, not is_reference),
+                        _rounds_text(result.rounds, result.speedup, show_speedup, digits=1),
+                        _rounds_text(cell.paper_rounds, result.paper_speedup, show_speedup),
                         f"{ratio:.2f}" if ratio is not None else "",
                         f"{run.lr:g}",
                         str(run.completed_rounds),

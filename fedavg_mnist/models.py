@@ -101,9 +101,14 @@ def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
 
 
 def autocast(precision: str, device: torch.device | str) -> AbstractContextManager[object]:
-    """Context for forward passes at `precision`: bf16 autocasts matmuls and convolutions."""
+    """Context for a client's training or an evaluation at `precision` (bf16: autocast).
+
+    Its weight-cast cache is off: one context spans all of a client's SGD steps, and the
+    cache would feed every forward the bf16 weights cast at the first one.
+    """
     if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        device_type = torch.device(device).type
+        return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()
 
 

@@ -91,3 +91,29 @@ def test_bf16_autocast_trains_in_bfloat16_and_keeps_fp32_weights() -> None:
         assert trained.dtype == torch.float32
         assert not torch.equal(trained, expected)
         torch.testing.assert_close(trained, expected, rtol=0.05, atol=0.05)
+
+
+def test_bf16_forward_sees_each_sgd_step() -> None:
+    # One autocast context spans all of a client's steps: every forward must use the
+    # weights of the step before it, not a bf16 copy cast once when the context began.
+    images, labels = _problem()
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with autocast("bf16", "cpu"):
+        before = model(images)
+        F.cross_entropy(before, labels).backward()
+        optimizer.step()
+        after = model(images)
+    assert not torch.equal(before, after)
+
+
+def test_bf16_training_learns_as_fp32_does() -> None:
+    images, labels = _problem(600)
+    model, reference = _model(), _model()
+    with autocast("bf16", "cpu"):
+        first = train_local(model, images, labels, 1, 10, 0.1, torch.Generator().manual_seed(1))
+        later = train_local(model, images, labels, 4, 10, 0.1, torch.Generator().manual_seed(2))
+    train_local(reference, images, labels, 1, 10, 0.1, torch.Generator().manual_seed(1))
+    expected = train_local(reference, images, labels, 4, 10, 0.1, torch.Generator().manual_seed(2))
+    assert later < 0.5 * first
+    assert abs(later - expected) < 0.1 * expected

@@ -6,7 +6,8 @@
 For each model with C=0.1, E=5, B=10 and with FedSGD (E=1, B=∞), in one process:
 - the compute floor: the same 10 client updates (the project's `train_local`) with no
   Flower, the faster of (a) this process using every core and (b) one single-threaded
-  process per core, each taking its share of the clients;
+  process per core, each taking its share of the clients; on a GPU (`device=auto` finds
+  one), (a) alone: this process training the clients one after another on the GPU;
 - the project's path: the same rounds through Flower's simulation as `main` runs them
   (training time per round = round time - evaluation time);
 - centralized evaluation of the 10,000 test images, and start-up to the first round.
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from .client import train_local
 from .config import num_sampled_clients, register_schema
 from .data import client_partitions, load_data
 from .errors import UserError
-from .models import autocast, build_model, place_model
+from .models import autocast, build_model, place_model, resolve_device
 from .results import library_versions, load_results, write_json_atomic
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -84,65 +85,99 @@ def _init_worker(cfg_yaml: str) -> None:
     cfg = OmegaConf.create(cfg_yaml)
     assert isinstance(cfg, DictConfig)
     _worker["cfg"] = cfg
-    _worker["data"] = load_data(cfg)
-    _worker["partitions"] = client_partitions(cfg)
+    _worker["clients"] = client_tensors(cfg, torch.device("cpu"))
     _worker["model"] = place_model(build_model(cfg.model.name), "cpu")
 
 
 def _train_clients(job: tuple[dict[str, torch.Tensor], list[int]]) -> float:
     state, partition_ids = job
-    cfg, data, model = _worker["cfg"], _worker["data"], _worker["model"]
     started = time.perf_counter()
-    _train_partitions(cfg, data, _worker["partitions"], model, state, partition_ids)
+    train_clients(_worker["cfg"], _worker["clients"], _worker["model"], state, partition_ids)
     return time.perf_counter() - started
 
 
-def _train_partitions(
+ClientTensors = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def client_tensors(cfg: DictConfig, device: torch.device) -> ClientTensors:
+    """Return each client's images and labels on `device`, built once as the clients do."""
+    data, partitions = load_data(cfg), client_partitions(cfg)
+    num_clients = num_sampled_clients(cfg.client_fraction, cfg.num_clients)
+    tensors = {}
+    for partition_id in range(num_clients):
+        indices = torch.from_numpy(partitions[partition_id])
+        images, labels = data.train_images[indices], data.train_labels[indices]
+        tensors[partition_id] = (images.to(device), labels.to(device))
+    return tensors
+
+
+def train_clients(
     cfg: DictConfig,
-    data: Any,
-    partitions: Sequence[Any],
+    clients: ClientTensors,
     model: torch.nn.Module,
     state: dict[str, torch.Tensor],
     partition_ids: Sequence[int],
 ) -> None:
+    """Train each client in turn from `state`, as the `ClientApp` does (no Flower)."""
     for partition_id in partition_ids:
-        indices = torch.from_numpy(partitions[partition_id])
+        images, labels = clients[partition_id]
         model.load_state_dict(state)
         generator = torch.Generator().manual_seed(partition_id)
-        with autocast(cfg.precision, "cpu"):
-            train_local(
-                model,
-                data.train_images[indices],
-                data.train_labels[indices],
-                cfg.local_epochs,
-                cfg.batch_size,
-                cfg.lr,
-                generator,
-            )
+        with autocast(cfg.precision, images.device):
+            train_local(model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator)
 
 
-def compute_floor(cfg: DictConfig, rounds: int) -> dict[str, float]:
-    """Median seconds of one round's client updates without Flower, two ways."""
-    from omegaconf import OmegaConf
-
-    num_clients = num_sampled_clients(cfg.client_fraction, cfg.num_clients)
-    partition_ids = list(range(num_clients))
-    state = build_model(cfg.model.name).state_dict()
-    cores = os.cpu_count() or 1
-
-    data, partitions = load_data(cfg), client_partitions(cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cores)
-    model = place_model(build_model(cfg.model.name), "cpu")
-    _train_partitions(cfg, data, partitions, model, state, partition_ids[:1])  # warm-up
-    one_process = []
+def _time_rounds(
+    cfg: DictConfig,
+    clients: ClientTensors,
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    rounds: int,
+) -> float:
+    """Median seconds of `rounds` rounds of every client trained in this process."""
+    partition_ids = sorted(clients)
+    train_clients(cfg, clients, model, state, partition_ids[:1])  # warm-up
+    seconds = []
     for _ in range(rounds):
         started = time.perf_counter()
-        _train_partitions(cfg, data, partitions, model, state, partition_ids)
-        one_process.append(time.perf_counter() - started)
+        train_clients(cfg, clients, model, state, partition_ids)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Median seconds of one round's client updates without Flower."""
+
+    one_process_all_cores_s: float  # on a GPU: this process on the GPU
+    one_process_per_core_s: float | None  # CPU only
+
+    @property
+    def floor_s(self) -> float:
+        """The faster of the two ways."""
+        ways = (self.one_process_all_cores_s, self.one_process_per_core_s)
+        return min(seconds for seconds in ways if seconds is not None)
+
+
+def compute_floor(cfg: DictConfig, rounds: int) -> Floor:
+    """Time one round's client updates without Flower, each way this device allows."""
+    from omegaconf import OmegaConf
+
+    device = resolve_device(cfg.device)
+    state = build_model(cfg.model.name).state_dict()
+    clients = client_tensors(cfg, device)
+    model = place_model(build_model(cfg.model.name), device)
+    if device.type == "cuda":
+        return Floor(_time_rounds(cfg, clients, model, state, rounds), None)
+
+    cores = os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    one_process = _time_rounds(cfg, clients, model, state, rounds)
     torch.set_num_threads(threads)
 
-    workers = min(cores, num_clients)
+    partition_ids = sorted(clients)
+    workers = min(cores, len(partition_ids))
     shares = [partition_ids[index::workers] for index in range(workers)]
     context = multiprocessing.get_context("spawn")
     yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -153,11 +188,7 @@ def compute_floor(cfg: DictConfig, rounds: int) -> dict[str, float]:
             started = time.perf_counter()
             pool.map(_train_clients, [(state, share) for share in shares])
             per_core.append(time.perf_counter() - started)
-    return {
-        "one_process_all_cores_s": statistics.median(one_process),
-        "one_process_per_core_s": statistics.median(per_core),
-        "floor_s": min(statistics.median(one_process), statistics.median(per_core)),
-    }
+    return Floor(one_process, statistics.median(per_core))
 
 
 def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
@@ -190,9 +221,10 @@ def bench_setting(
     flower = flower_rounds(cfg)
     return {
         "setting": setting.__dict__,
-        **floor,
+        **asdict(floor),
+        "floor_s": floor.floor_s,
         **{f"flower_{key}": value for key, value in flower.items()},
-        "flower_over_floor": flower["train_s"] / floor["floor_s"],
+        "flower_over_floor": flower["train_s"] / floor.floor_s,
     }
 
 
@@ -203,10 +235,10 @@ def fixed_cost(root: str, work: Path, rounds: int) -> dict[str, float]:
     floor = compute_floor(cfg, 5)
     flower = flower_rounds(cfg)
     return {
-        "client_compute_ms": 1000 * floor["floor_s"],
+        "client_compute_ms": 1000 * floor.floor_s,
         "round_ms": 1000 * flower["round_s"],
         "eval_ms": 1000 * flower["eval_s"],
-        "fixed_cost_ms": 1000 * (flower["train_s"] - floor["floor_s"]),
+        "fixed_cost_ms": 1000 * (flower["train_s"] - floor.floor_s),
     }
 
 
@@ -229,22 +261,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 3:
         print("error: --rounds must be >= 3 (figures are medians)", file=sys.stderr)
         return 2
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "versions": library_versions(),
+        "command": " ".join(["python -m fedavg_mnist.bench", *(argv or sys.argv[1:])]),
+        "precision": args.precision,
+        "settings": [],
+        "fixed_cost": None,
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="fedavg-bench-") as work:
-            rows = [
-                bench_setting(setting, args.data_root, Path(work), args.rounds, args.precision)
-                for model in args.models
-                for setting in SETTINGS[model]
-            ]
-            fixed = fixed_cost(args.data_root, Path(work), args.fixed_cost_rounds)
-        report = {
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "versions": library_versions(),
-            "command": " ".join(["python -m fedavg_mnist.bench", *(argv or sys.argv[1:])]),
-            "precision": args.precision,
-            "settings": rows,
-            "fixed_cost": fixed,
-        }
+            for setting in [s for model in args.models for s in SETTINGS[model]]:
+                row = bench_setting(
+                    setting, args.data_root, Path(work), args.rounds, args.precision
+                )
+                report["settings"].append(row)
+                write_json_atomic(args.out, report)  # a stopped benchmark keeps what it measured
+            report["fixed_cost"] = fixed_cost(args.data_root, Path(work), args.fixed_cost_rounds)
         write_json_atomic(args.out, report)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -252,6 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(report))
     print(f"wrote {args.out}")
     return 0
+
+
+def machine() -> dict[str, Any]:
+    """Describe where the figures were measured: cores, platform and GPU (None without one)."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu}
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -264,11 +307,13 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report["settings"]:
         lines.append(
             f"| {row['setting']['name']} | {row['one_process_all_cores_s']:.3f} "
-            f"| {row['one_process_per_core_s']:.3f} | {row['flower_train_s']:.3f} "
+            f"| {_seconds(row['one_process_per_core_s'])} | {row['flower_train_s']:.3f} "
             f"| {row['flower_over_floor']:.2f} | {row['flower_eval_s']:.3f} "
             f"| {row['flower_startup_s']:.1f} |"
         )
     fixed = report["fixed_cost"]
+    if fixed is None:
+        return "\n".join(lines)
     lines.append(
         f"\n2NN C=0 E=1 B=∞: round {fixed['round_ms']:.0f} ms = client compute "
         f"{fixed['client_compute_ms']:.0f} ms + evaluation {fixed['eval_ms']:.0f} ms + "

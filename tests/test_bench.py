@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from fedavg_mnist.bench import Floor, client_tensors, compose_config, compute_floor, format_table
+from fedavg_mnist.data import client_partitions
+
+
+def _config(root: Path, tmp_path: Path) -> DictConfig:
+    return compose_config(
+        str(root),
+        tmp_path / "out",
+        [
+            "model=mlp",
+            "num_clients=4",
+            "client_fraction=0.5",
+            "local_epochs=1",
+            "batch_size=10",
+            "device=cpu",
+            "dataset.download=false",
+            "dataset.verify_checksums=false",
+        ],
+    )
+
+
+def test_client_tensors_hold_each_sampled_clients_partition(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    cfg = _config(synthetic_root, tmp_path)
+    clients = client_tensors(cfg, torch.device("cpu"))
+    partitions = client_partitions(cfg)
+    assert sorted(clients) == [0, 1]  # C=0.5 of K=4
+    for partition_id, (images, labels) in clients.items():
+        assert images.shape == (len(partitions[partition_id]), 1, 28, 28)
+        assert labels.shape == (len(partitions[partition_id]),)
+
+
+def test_cpu_floor_times_one_process_and_one_process_per_core(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    floor = compute_floor(_config(synthetic_root, tmp_path), rounds=3)
+    assert floor.one_process_all_cores_s > 0
+    assert floor.one_process_per_core_s is not None and floor.one_process_per_core_s > 0
+    assert floor.floor_s == min(floor.one_process_all_cores_s, floor.one_process_per_core_s)
+
+
+def test_gpu_floor_has_no_per_core_way_and_table_marks_it() -> None:
+    floor = Floor(one_process_all_cores_s=5.4, one_process_per_core_s=None)
+    assert floor.floor_s == 5.4
+    row = {
+        "setting": {"name": "cnn_E5_B10"},
+        "one_process_all_cores_s": 5.4,
+        "one_process_per_core_s": None,
+        "flower_train_s": 1.8,
+        "flower_over_floor": 1.8 / 5.4,
+        "flower_eval_s": 0.007,
+        "flower_startup_s": 12.1,
+    }
+    table = format_table({"settings": [row], "fixed_cost": None})
+    assert "| cnn_E5_B10 | 5.400 | — | 1.800 | 0.33 | 0.007 | 12.1 |" in table
+    assert "fixed cost" not in table  # a benchmark stopped before its last part

@@ -10,7 +10,8 @@ For each model with C=0.1, E=5, B=10 and with FedSGD (E=1, B=∞), in one proces
   one), (a) alone: this process training the clients one after another on the GPU;
 - the project's path: the same rounds through Flower's simulation as `main` runs them
   (training time per round = round time - evaluation time);
-- centralized evaluation of the 10,000 test images, and start-up to the first round.
+- centralized evaluation of the 10,000 test images, and start-up to the first round (from
+  launch to round 0 evaluated: the data, the partitions, Ray, its actors, round 0).
 Then Flower's fixed cost per round on the smallest round the paper runs thousands of
 (2NN, C=0, E=1, B=∞: one client, one full-batch step). Figures are medians over rounds.
 """
@@ -34,7 +35,7 @@ from omegaconf import DictConfig
 
 from .client import train_local
 from .config import num_sampled_clients, register_schema
-from .data import client_partitions, load_data
+from .data import clear_caches, client_partitions, load_data
 from .errors import UserError
 from .models import autocast, build_model, place_model, resolve_device
 from .results import library_versions, load_results, write_json_atomic
@@ -195,6 +196,7 @@ def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg` through `main`'s Flower simulation; return its per-round figures."""
     from .main import run
 
+    clear_caches()  # load the data and build the partitions as a fresh `main` does
     launched = time.time()
     results_path = run(cfg)
     history = load_results(results_path)["history"]

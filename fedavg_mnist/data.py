@@ -297,6 +297,13 @@ def run_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     return saved if saved is not None else client_partitions(cfg)
 
 
+def clear_caches() -> None:
+    """Forget the MNIST tensors and partitions loaded by this process (for benchmarks)."""
+    load_mnist.cache_clear()
+    _client_partitions.cache_clear()
+    run_partitions.cache_clear()
+
+
 def load_data(cfg: DictConfig) -> Mnist:
     """Load the MNIST named by the config's `dataset` section."""
     dataset = cfg.dataset

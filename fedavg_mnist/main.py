@@ -128,10 +128,10 @@ def run(cfg: DictConfig) -> Path:
     prepare_output_dir(output_dir, cfg.resume)
     if cfg.resume:
         check_resumable(cfg)
+    init_args = quiet_libraries(cfg.verbose)  # before `datasets` is imported: it logs then
     load_data(cfg)
     save_partitions(output_dir / PARTITIONS_FILE, partitions_key(cfg), client_partitions(cfg))
 
-    init_args = quiet_libraries(cfg.verbose)
     from flwr.simulation import run_simulation
 
     from .client import make_client_app

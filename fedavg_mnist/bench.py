@@ -33,9 +33,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from .client import train_local
+from .client import partition_data, train_local
 from .config import num_sampled_clients, register_schema
-from .data import clear_caches, client_partitions, load_data
+from .data import clear_caches
 from .errors import UserError
 from .models import autocast, build_model, place_model, resolve_device
 from .results import library_versions, load_results, write_json_atomic
@@ -86,7 +86,7 @@ def _init_worker(cfg_yaml: str) -> None:
     cfg = OmegaConf.create(cfg_yaml)
     assert isinstance(cfg, DictConfig)
     _worker["cfg"] = cfg
-    _worker["clients"] = client_tensors(cfg, torch.device("cpu"))
+    _worker["clients"] = client_tensors(cfg)
     _worker["model"] = place_model(build_model(cfg.model.name), "cpu")
 
 
@@ -100,16 +100,10 @@ def _train_clients(job: tuple[dict[str, torch.Tensor], list[int]]) -> float:
 ClientTensors = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def client_tensors(cfg: DictConfig, device: torch.device) -> ClientTensors:
-    """Return each client's images and labels on `device`, built once as the clients do."""
-    data, partitions = load_data(cfg), client_partitions(cfg)
+def client_tensors(cfg: DictConfig) -> ClientTensors:
+    """Return each sampled client's images and labels on the run's device, as clients hold them."""
     num_clients = num_sampled_clients(cfg.client_fraction, cfg.num_clients)
-    tensors = {}
-    for partition_id in range(num_clients):
-        indices = torch.from_numpy(partitions[partition_id])
-        images, labels = data.train_images[indices], data.train_labels[indices]
-        tensors[partition_id] = (images.to(device), labels.to(device))
-    return tensors
+    return {partition_id: partition_data(cfg, partition_id) for partition_id in range(num_clients)}
 
 
 def train_clients(
@@ -166,7 +160,7 @@ def compute_floor(cfg: DictConfig, rounds: int) -> Floor:
 
     device = resolve_device(cfg.device)
     state = build_model(cfg.model.name).state_dict()
-    clients = client_tensors(cfg, device)
+    clients = client_tensors(cfg)
     model = place_model(build_model(cfg.model.name), device)
     if device.type == "cuda":
         return Floor(_time_rounds(cfg, clients, model, state, rounds), None)

@@ -67,7 +67,7 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 @lru_cache(maxsize=128)
-def _partition_data(cfg: DictConfig, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def partition_data(cfg: DictConfig, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return a client's images and labels on the run's device, built once per process."""
     data = load_data(cfg)
     indices = torch.from_numpy(run_partitions(cfg)[partition_id])
@@ -92,7 +92,7 @@ def train(msg: Message, context: Context, fallback: UserConfig | None = None) ->
     partition_id = int(context.node_config[PARTITION_ID_KEY])
     server_round = cast(int, msg.content.config_records["config"]["server-round"])
     torch.set_num_threads(cfg.client_resources.num_cpus)
-    images, labels = _partition_data(cfg, partition_id)
+    images, labels = partition_data(cfg, partition_id)
     model = _model(cfg.model.name, str(images.device))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from fedavg_mnist.bench import Floor, client_tensors, compose_config, compute_floor, format_table
@@ -28,7 +27,7 @@ def test_client_tensors_hold_each_sampled_clients_partition(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     cfg = _config(synthetic_root, tmp_path)
-    clients = client_tensors(cfg, torch.device("cpu"))
+    clients = client_tensors(cfg)
     partitions = client_partitions(cfg)
     assert sorted(clients) == [0, 1]  # C=0.5 of K=4
     for partition_id, (images, labels) in clients.items():

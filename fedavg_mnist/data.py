@@ -187,6 +187,8 @@ def partition_indices(
 
     The partitioner sees a label-only table shuffled by `seed`, so IID partitions hold
     random examples; each client gets an index array into the in-memory tensors.
+    Each partition's indices are read in one slice (`[:]`): iterating its column reads
+    one row at a time, 5x slower.
     """
     from datasets import Dataset
 
@@ -196,7 +198,7 @@ def partition_indices(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pyarrow, inside dataset.sort
             return [
-                np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
+                np.asarray(partitioner.load_partition(pid)[:]["index"], dtype=np.int64)
                 for pid in range(partitioner.num_partitions)
             ]
     except ValueError as err:

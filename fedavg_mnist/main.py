@@ -98,6 +98,12 @@ def check_resumable(cfg: DictConfig) -> None:
         )
 
 
+# Ray prestarts one idle worker per CPU when the driver connects, but Flower gives its
+# actors a runtime environment (PYTHONPATH), so they start workers of their own and the
+# prestarted ones only compete with them for the CPU during start-up.
+RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+
+
 def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:
     """Keep Flower's and Ray's logs out of the way unless `verbose`; return Ray's init args."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -149,7 +155,8 @@ def run(cfg: DictConfig) -> Path:
                 "num_cpus": cfg.client_resources.num_cpus,
                 "num_gpus": gpus_per_client(cfg.client_resources.num_gpus, device.type),
             },
-            "init_args": init_args,
+            # Flower's type for Ray's init args lists scalars only; Ray takes this dict.
+            "init_args": {**init_args, "_system_config": RAY_SYSTEM_CONFIG},  # type: ignore[dict-item]
         },
         verbose_logging=cfg.verbose,
     )

@@ -192,8 +192,8 @@ def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
 
     clear_caches()  # load the data and build the partitions as a fresh `main` does
     launched = time.time()
-    results_path = run(cfg)
-    history = load_results(results_path)["history"]
+    run(cfg)
+    history = load_results(cfg.output_dir)["history"]
     steady = [r for r in history if r["round"] >= 2] or [r for r in history if r["round"] >= 1]
     return {
         "startup_s": history[0]["time"] - launched,

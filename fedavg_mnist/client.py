@@ -1,5 +1,6 @@
 """Local training: E epochs of plain minibatch SGD, and the Flower `ClientApp` around it."""
 
+import sys
 from functools import lru_cache
 from typing import cast
 
@@ -22,8 +23,11 @@ from torch import nn
 from .config import run_settings
 from .data import load_data, run_partitions
 from .models import autocast, build_model, place_model, resolve_device
+from .polling import install_if_engine_loaded
 
 PARTITION_ID_KEY = "partition-id"
+NUM_PARTITIONS_KEY = "num-partitions"
+NUM_CPUS_KEY, NUM_GPUS_KEY = "num-cpus", "num-gpus"
 
 
 def train_local(
@@ -86,12 +90,28 @@ def reported_partition_id(content: RecordDict) -> int:
     return cast(int, content.config_records["client"][PARTITION_ID_KEY])
 
 
+def assigned_resources() -> dict[str, float] | None:
+    """CPUs and GPU share Ray reserved for this process (a simulated client), or None."""
+    ray = sys.modules.get("ray")  # imported only where Flower's Ray backend runs
+    if ray is None or not ray.is_initialized():
+        return None
+    resources = ray.get_runtime_context().get_assigned_resources()
+    return {NUM_CPUS_KEY: float(resources.get("CPU", 0.0)), NUM_GPUS_KEY: resources.get("GPU", 0.0)}
+
+
+def num_threads(cfg: DictConfig) -> int:
+    """Torch threads for local training: the CPUs Ray reserved, else `client_resources`."""
+    resources = assigned_resources()
+    cpus = resources[NUM_CPUS_KEY] if resources else cfg.client_resources.num_cpus
+    return max(int(cpus), 1)
+
+
 def train(msg: Message, context: Context, fallback: UserConfig | None = None) -> Message:
     """Train the received global model on this node's partition and reply with it."""
     cfg = run_settings(context, fallback)
     partition_id = int(context.node_config[PARTITION_ID_KEY])
     server_round = cast(int, msg.content.config_records["config"]["server-round"])
-    torch.set_num_threads(cfg.client_resources.num_cpus)
+    torch.set_num_threads(num_threads(cfg))
     images, labels = partition_data(cfg, partition_id)
     model = _model(cfg.model.name, str(images.device))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
@@ -111,9 +131,11 @@ def train(msg: Message, context: Context, fallback: UserConfig | None = None) ->
 
 
 def identify(msg: Message, context: Context) -> Message:
-    """Tell the server which data partition this node holds."""
-    partition_id = int(context.node_config[PARTITION_ID_KEY])
-    content = RecordDict({"client": ConfigRecord({PARTITION_ID_KEY: partition_id})})
+    """Tell the server which partition this node holds, of how many, and its resources."""
+    node = {
+        key: int(context.node_config.get(key, -1)) for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY)
+    }
+    content = RecordDict({"client": ConfigRecord({**node, **(assigned_resources() or {})})})
     return Message(content=content, reply_to=msg)
 
 
@@ -130,3 +152,4 @@ def make_client_app(run_config: UserConfig | None = None) -> ClientApp:
 
 
 app = make_client_app()
+install_if_engine_loaded()  # the process runs Flower's simulation engine: wake it on messages

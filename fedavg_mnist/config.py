@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, UserConfig
@@ -10,21 +11,33 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
 from .models import INITS, MODEL_CLASSES
+from .paper import TARGET_ACCURACY
 
 MODELS = tuple(MODEL_CLASSES)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-# `run_config` values cannot be None: B=0 there stands for B=∞ (null in Hydra).
+# `run_config` values cannot be None: these stand for null there (B=0 for B=∞, a GPU share
+# of -1 for the automatic one, a target of 0 for the paper's); other nulls are left out.
 FULL_BATCH = 0
+AUTO_GPUS = -1.0
+PAPER_TARGET = 0.0
+RUN_CONFIG_NULLS: dict[str, int | float] = {
+    "batch_size": FULL_BATCH,
+    "client_resources.num_gpus": AUTO_GPUS,
+    "target_accuracy": PAPER_TARGET,
+}
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Under `flwr run` the apps run where Flower's SuperLink was started: a relative
+# `output_dir` or `dataset.root` lies under this folder, and `{run_id}` is Flower's run ID.
+RUNS_HOME = Path("~/fedavg-mnist")
+RUN_ID_FIELD = "{run_id}"
 
 
 @dataclass
 class ModelConfig:
-    """Which network, its accuracy target and its default learning rate."""
+    """Which network, and its initial weights."""
 
     name: str = MISSING  # "cnn" or "mlp" (the paper's 2NN)
-    target_accuracy: float = MISSING  # 0.99 CNN, 0.97 2NN
-    lr: float = MISSING  # η used when `lr` is not overridden
     init: str = "pytorch"  # initial weights: pytorch (default), or truncated_normal (TF style)
 
 
@@ -56,11 +69,11 @@ class Config:
     client_fraction: float = 0.1  # C; each round m = max(round(C*K), 1) clients
     local_epochs: int = 5  # E
     batch_size: int | None = 10  # B; null = the whole local dataset (B=∞)
-    lr: float = "${model.lr}"  # type: ignore[assignment]  # η, plain SGD
+    lr: float = 0.1  # η, plain SGD (presets: the rate their lr_table names for the cell)
     lr_table: dict[str, float] = field(default_factory=dict)  # presets: η by `lr_key`
     num_rounds: int = 20
     stop_at_target: bool = False  # end the run at the first round reaching the target
-    target_accuracy: float = "${model.target_accuracy}"  # type: ignore[assignment]
+    target_accuracy: float | None = None  # null: the paper's, 97% 2NN, 99% CNN
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     precision: str = "fp32"  # fp32, or bf16: autocast to bfloat16 (weights and SGD stay fp32)
@@ -110,6 +123,13 @@ def tuned_lr(
     return float(default)
 
 
+def target_accuracy(cfg: DictConfig) -> float:
+    """Return the run's target: `target_accuracy`, else the paper's for its model."""
+    if cfg.target_accuracy is not None:
+        return float(cfg.target_accuracy)
+    return TARGET_ACCURACY[cfg.model.name]
+
+
 def num_sampled_clients(client_fraction: float, num_clients: int) -> int:
     """Return m, the clients trained per round: max(round(C*K), 1); C=0 means one."""
     return max(int(round(client_fraction * num_clients)), 1)
@@ -140,7 +160,11 @@ def validate(cfg: DictConfig) -> None:
         ),
         ("lr", cfg.lr > 0, "> 0"),
         ("num_rounds", cfg.num_rounds >= 1, ">= 1"),
-        ("target_accuracy", 0.0 < cfg.target_accuracy <= 1.0, "in (0, 1]"),
+        (
+            "target_accuracy",
+            cfg.target_accuracy is None or 0.0 < cfg.target_accuracy <= 1.0,
+            "in (0, 1], or null for the paper's",
+        ),
         ("device", cfg.device in DEVICES, f"one of {', '.join(DEVICES)}"),
         ("precision", cfg.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, ">= 1"),
@@ -163,13 +187,13 @@ def validate(cfg: DictConfig) -> None:
 def to_run_config(cfg: DictConfig) -> UserConfig:
     """Flatten a resolved config into Flower's `run_config` (dotted keys, scalars).
 
-    `run_config` holds no None: B=null becomes `FULL_BATCH` and other nulls are left out.
+    `run_config` holds no None: the nulls of `RUN_CONFIG_NULLS` become their stand-ins and
+    other nulls are left out.
     """
-    nested = to_plain_dict(cfg)
-    if nested["batch_size"] is None:
-        nested["batch_size"] = FULL_BATCH
     flat: UserConfig = {}
-    for name, value in flatten(nested).items():
+    for name, value in flatten(to_plain_dict(cfg)).items():
+        if value is None:
+            value = RUN_CONFIG_NULLS.get(name)
         if value is None:
             continue  # absent: the schema's or the partitioner's default applies
         if not isinstance(value, bool | int | float | str):
@@ -189,17 +213,36 @@ def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def group_options(group: str) -> list[str]:
+    """Return the configs of one of the project's config groups (`conf/<group>/*.yaml`)."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def partition_config(name: str) -> dict[str, Any]:
+    """Return `conf/partition/<name>.yaml`, its `${...}` left for the run's config to fill."""
+    if name not in group_options("partition"):
+        known = ", ".join(group_options("partition"))
+        raise UserError(f"unknown partition {name!r}: choose one of {known}")
+    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "partition" / f"{name}.yaml"))
+    assert isinstance(node, dict)
+    return {str(key): value for key, value in node.items()}
+
+
 def from_run_config(run_config: UserConfig) -> DictConfig:
-    """Rebuild the typed config from Flower's `run_config` (the inverse of `to_run_config`)."""
+    """Rebuild the typed config from Flower's `run_config` (the inverse of `to_run_config`).
+
+    `partition` is either the partitioner's settings (`partition._target_`, ...) or, as
+    pyproject gives it to `flwr run`, the name of a config in `conf/partition/`.
+    """
     nested: dict[str, Any] = {}
     for key, value in run_config.items():
         *parents, leaf = key.split(".")
         node = nested
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = value
-    if nested.get("batch_size") == FULL_BATCH:
-        nested["batch_size"] = None
+        node[leaf] = None if key in RUN_CONFIG_NULLS and value == RUN_CONFIG_NULLS[key] else value
+    if isinstance(nested.get("partition"), str):
+        nested["partition"] = partition_config(nested["partition"])
     cfg = OmegaConf.merge(OmegaConf.structured(Config), nested)
     assert isinstance(cfg, DictConfig)
     return cfg
@@ -212,16 +255,30 @@ def to_plain_dict(cfg: DictConfig) -> dict[str, Any]:
     return {str(key): value for key, value in plain.items()}
 
 
+def absolute_path(path: str, run_id: int = 0) -> str:
+    """Return `path` with `{run_id}` filled in and `~` expanded, relative to `RUNS_HOME`."""
+    filled = Path(path.replace(RUN_ID_FIELD, str(run_id))).expanduser()
+    if not filled.is_absolute():
+        filled = RUNS_HOME.expanduser() / filled
+    return str(filled.resolve())
+
+
 @lru_cache(maxsize=4)
-def _cached_config(items: tuple[tuple[str, bool | int | float | str], ...]) -> DictConfig:
-    return from_run_config(dict(items))
+def _cached_config(
+    items: tuple[tuple[str, bool | int | float | str], ...], run_id: int
+) -> DictConfig:
+    cfg = from_run_config(dict(items))
+    cfg.output_dir = absolute_path(cfg.output_dir, run_id)
+    cfg.dataset.root = absolute_path(cfg.dataset.root, run_id)
+    return cfg
 
 
 def run_settings(context: Context, fallback: UserConfig | None = None) -> DictConfig:
-    """Return the typed config: `Context.run_config` over `fallback`, parsed once per process.
+    """Return the run's typed config, parsed once per process, its paths made absolute.
 
-    `flwr run` fills `Context.run_config` from pyproject's `[tool.flwr.app.config]`; the
-    deprecated `run_simulation` passes none, so `main` binds the Hydra config as `fallback`.
+    `Context.run_config` wins over `fallback`: `flwr run` fills it from pyproject's
+    `[tool.flwr.app.config]` and `--run-config`; the Hydra CLI passes the resolved Hydra
+    config as `fallback` (its paths are absolute already).
     """
     merged = {**(fallback or {}), **context.run_config}
-    return _cached_config(tuple(sorted(merged.items())))
+    return _cached_config(tuple(sorted(merged.items())), context.run_id)

@@ -3,100 +3,22 @@
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
-from flwr.app import ConfigRecordValues
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CHECKPOINT_FILE
-from .config import (
-    flatten,
-    gpus_per_client,
-    register_schema,
-    to_plain_dict,
-    to_run_config,
-    validate,
-)
-from .data import PARTITIONS_FILE, client_partitions, load_data, partitions_key, save_partitions
-from .errors import UserError
+from .config import gpus_per_client, register_schema, to_run_config, validate
+from .data import load_data
+from .errors import ClientFailure, UserError
 from .models import bf16_is_slow, resolve_device
-from .polling import install_engine_wakeups
-from .results import RESULTS_FILE, load_results
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-CONFIG_GROUPS = ("model", "partition", "experiment", "lr_grid")
+from .overrides import check_overrides
+from .run_dir import check_run_dir
 
 register_schema()
-
-
-def check_group_choices(overrides: list[str]) -> None:
-    """Reject an unknown choice of a config group in one line, before Hydra's report."""
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in CONFIG_GROUPS:
-            continue
-        known = sorted(path.stem for path in (CONF_DIR / key).glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in known:
-                raise UserError(f"unknown {key} {choice!r}: choose one of {', '.join(known)}")
-
-
-def prepare_output_dir(output_dir: Path, resume: bool = False) -> None:
-    """Make sure results can be written there and none would be overwritten.
-
-    With `resume`, the directory must instead hold a checkpoint to continue from.
-    """
-    results = output_dir / RESULTS_FILE
-    if resume:
-        if not (output_dir / CHECKPOINT_FILE).is_file():
-            raise UserError(f"nothing to resume: no {CHECKPOINT_FILE} in {output_dir}")
-    elif results.exists():
-        raise UserError(f"{results} already exists: choose another hydra.run.dir (or resume=true)")
-    check_writable_location(output_dir)
-
-
-# Settings that may change when a run is resumed: they do not change its results.
-RESUMABLE_CHANGES = (
-    "resume",
-    "num_rounds",
-    "stop_at_target",
-    "checkpoint_every",
-    "device",
-    "client_resources",
-    "fast_polling",
-    "verbose",
-    "output_dir",
-    "dataset.root",
-    "dataset.download",
-    "dataset.verify_checksums",
-)
-
-
-def check_resumable(cfg: DictConfig) -> None:
-    """Refuse to resume a run under other settings or one that has nothing left to do."""
-    previous = load_results(Path(cfg.output_dir))
-    saved, now = flatten(previous["config"]), flatten(to_plain_dict(cfg))
-    changed = sorted(
-        key
-        for key in saved.keys() | now.keys()
-        if saved.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)
-    )
-    if changed:
-        key = changed[0]
-        raise UserError(
-            f"cannot resume {cfg.output_dir} with {key}={now.get(key)}: "
-            f"the run used {key}={saved.get(key)}"
-        )
-    if previous.get("finished") and previous.get("completed_rounds", 0) >= cfg.num_rounds:
-        raise UserError(
-            f"nothing to resume: {cfg.output_dir} finished its {previous['completed_rounds']} "
-            "rounds (raise num_rounds to continue it)"
-        )
-
 
 # Ray prestarts one idle worker per CPU when the driver connects, but Flower gives its
 # actors a runtime environment (PYTHONPATH), so they start workers of their own and the
@@ -104,7 +26,7 @@ def check_resumable(cfg: DictConfig) -> None:
 RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
-def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:
+def quiet_libraries(verbose: bool) -> dict[str, Any]:
     """Keep Flower's and Ray's logs out of the way unless `verbose`; return Ray's init args."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if verbose:
@@ -117,9 +39,43 @@ def quiet_libraries(verbose: bool) -> dict[str, ConfigRecordValues]:
     return {"logging_level": "error", "log_to_driver": False}
 
 
-def run(cfg: DictConfig) -> Path:
-    """Validate, launch the Flower simulation and return the results file."""
+def parallel_jobs() -> int:
+    """How many sweep points Hydra's launcher runs at once: its `n_jobs`, else 1."""
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = OmegaConf.select(OmegaConf.structured(HydraConfig.get()), "launcher.n_jobs")
+    return 1 if n_jobs is None else int(n_jobs)
+
+
+def cpu_share(jobs: int) -> int:
+    """Return the CPUs one run may use when `jobs` runs share the machine (joblib's -1: all)."""
+    cpus = os.cpu_count() or 1
+    return 1 if jobs < 0 else max(cpus // max(jobs, 1), 1)
+
+
+def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:
+    """Ray's init arguments, quiet unless `verbose`.
+
+    With Ray's `RAY_ADDRESS` set, the run joins that cluster (which refuses a driver's
+    system config and CPU count); without it, it starts a Ray of its own with `cpus` CPUs,
+    even when a cluster started with `ray start` runs on the machine.
+    """
+    quiet = quiet_libraries(cfg.verbose)
+    if os.environ.get("RAY_ADDRESS"):
+        return quiet
+    return {**quiet, "address": "local", "num_cpus": cpus, "_system_config": RAY_SYSTEM_CONFIG}
+
+
+def run(cfg: DictConfig) -> None:
+    """Check the config and the run directory, then launch the Flower simulation.
+
+    The `ServerApp` checks them again, as it does under `flwr run`; checking here first ends
+    bad input in one line before Ray starts.
+    """
+    cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     validate(cfg)
+    check_run_dir(cfg)
     device = resolve_device(cfg.device)
     if cfg.precision == "bf16" and bf16_is_slow(device):
         print(
@@ -128,23 +84,19 @@ def run(cfg: DictConfig) -> Path:
             file=sys.stderr,
             flush=True,
         )
-    cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
-    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
-    output_dir = Path(cfg.output_dir)
-    prepare_output_dir(output_dir, cfg.resume)
-    if cfg.resume:
-        check_resumable(cfg)
-    init_args = quiet_libraries(cfg.verbose)  # before `datasets` is imported: it logs then
+    cpus = cpu_share(parallel_jobs())
+    if cfg.client_resources.num_cpus > cpus:
+        cfg.client_resources.num_cpus = cpus  # a parallel sweep point stays within its share
+    init_args = ray_init_args(cfg, cpus)  # quiets the libraries before `datasets` logs
     load_data(cfg)
-    save_partitions(output_dir / PARTITIONS_FILE, partitions_key(cfg), client_partitions(cfg))
 
+    import torch
     from flwr.simulation import run_simulation
 
     from .client import make_client_app
     from .server import make_server_app
 
-    if cfg.fast_polling:
-        install_engine_wakeups()
+    torch.set_num_threads(cpus)  # the server's evaluation
     run_config = to_run_config(cfg)
     run_simulation(
         server_app=make_server_app(run_config),
@@ -155,26 +107,9 @@ def run(cfg: DictConfig) -> Path:
                 "num_cpus": cfg.client_resources.num_cpus,
                 "num_gpus": gpus_per_client(cfg.client_resources.num_gpus, device.type),
             },
-            # Flower's type for Ray's init args lists scalars only; Ray takes this dict.
-            "init_args": {**init_args, "_system_config": RAY_SYSTEM_CONFIG},  # type: ignore[dict-item]
+            "init_args": init_args,
         },
         verbose_logging=cfg.verbose,
-    )
-    return output_dir / RESULTS_FILE
-
-
-def print_summary(results_path: Path) -> None:
-    """One line: best accuracy, rounds to target, where the results are."""
-    results = load_results(results_path)
-    target = results["target_accuracy"]
-    reached = results["rounds_to_target"]
-    to_target = f"round {reached}" if reached is not None else "not reached"
-    print(
-        f"best accuracy {results['best_accuracy']:.4f} (round {results['best_round']}); "
-        f"target {target:.2%}: {to_target}; "
-        f"{results['completed_rounds']} rounds in {results['wall_seconds']:.1f}s; "
-        f"results: {results_path}",
-        flush=True,
     )
 
 
@@ -182,65 +117,13 @@ def print_summary(results_path: Path) -> None:
 def main(cfg: DictConfig) -> None:
     """Run one configuration; bad input ends in one line on stderr and exit status 2."""
     try:
-        print_summary(run(cfg))
+        run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except RuntimeError as err:  # a client or the server failed during the simulation
+    except (ClientFailure, RuntimeError) as err:  # a client, Ray or Flower failed mid-run
         print(f"error: the simulation failed: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
-
-
-def _sweep_variants(overrides: list[str]) -> list[list[str]]:
-    """Return the sweep's first point, and each other value of each swept key tried alone."""
-    choices = []
-    for override in overrides:
-        key, _, value = override.partition("=")
-        values = value.split(",") if "," in value and "[" not in value else [value]
-        choices.append([f"{key}={v}" for v in values])
-    base = [options[0] for options in choices]
-    variants = [base]
-    for index, options in enumerate(choices):
-        for option in options[1:]:
-            variants.append(base[:index] + [option] + base[index + 1 :])
-    return variants
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Compose the config for the given overrides, so a bad one is one line, not Hydra's report."""
-    from hydra import compose, initialize_config_dir
-
-    check_group_choices(argv)
-    output_dirs = [
-        Path(value)
-        for key, sep, value in (arg.partition("=") for arg in argv)
-        if sep and key in ("hydra.run.dir", "hydra.sweep.dir", "output_dir")
-    ]
-    resume = any(arg.lower() == "resume=true" for arg in argv)
-    for output_dir in output_dirs:
-        prepare_output_dir(output_dir, resume)
-    if not output_dirs:  # Hydra's default run directory lies under the working directory
-        check_writable_location(Path.cwd())
-    overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
-    multirun = "-m" in argv or "--multirun" in argv
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for variant in _sweep_variants(overrides) if multirun else [overrides]:
-            try:
-                compose("config", overrides=[*variant, "output_dir=."])
-            except Exception as err:  # Hydra's and OmegaConf's many config errors
-                causes = [err, err.__cause__] if err.__cause__ else [err]
-                reason = "; ".join(str(e).strip().splitlines()[0] for e in causes)
-                raise UserError(f"invalid override: {reason}") from err
-
-
-def check_writable_location(path: Path) -> None:
-    """Fail in one line when `path` cannot be created or written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise UserError(f"output directory {path} is not writable: {err.strerror or err}") from err
 
 
 def cli() -> None:

@@ -1,37 +1,50 @@
 """Event-driven wake-ups for Flower's simulation, whose fixed cost per round is polling.
 
-In `run_simulation`, the ServerApp and the simulation engine run as threads of one process
-and hand messages over through Flower's in-memory LinkState, each side polling it: the
-engine scans every node for new messages every 100 ms (`vce_api.add_messages_to_queue`) and
-the `InMemoryGrid` pulls replies every 100 ms (`pull_interval`). A one-client full-batch MLP
-round computes for ~10 ms, so FedSGD's thousands of rounds would mostly wait; polling more
-often instead burns a core scanning all K nodes. This module keeps Flower's loops and
-LinkState and only wakes each loop when the other side has handed something over:
+In a simulation (the Hydra CLI's `run_simulation` and `flwr run`'s `flwr-simulation` alike)
+the ServerApp and the simulation engine run as threads of one process and hand messages
+over through Flower's in-memory LinkState, each side polling it: the engine scans every
+node for new messages every 100 ms (`vce_api.add_messages_to_queue`) and the `InMemoryGrid`
+pulls replies every 100 ms (`pull_interval`). A one-client full-batch 2NN round computes for
+~10 ms, so FedSGD's thousands of rounds would mostly wait; polling more often instead burns
+a core scanning all K nodes. This module keeps Flower's loops and LinkState and only wakes
+each loop when the other side has handed something over:
 
-- `install_engine_wakeups` replaces the engine's two hand-over loops (module functions of
-  `flwr.server.superlink.fleet.vce.vce_api`, looked up when the engine starts) with the same
-  loops that also wait on, or signal, an event;
+- `install_engine_wakeups` replaces the engine's two hand-over loops, module functions of
+  `flwr.server.superlink.fleet.vce.vce_api` that `run_api` looks up when the engine starts,
+  with the same loops that also wait on, or signal, an event. These are Flower internals:
+  they are replaced only if they exist with the parameters written for, else Flower's own
+  loops stay and one warning says so. `fedavg_mnist.client` installs them when it is
+  imported into a process that runs the engine, which both launchers do before the engine
+  starts (Flower loads the ClientApp to check it, then starts the engine).
 - `wake_on_messages` wraps the grid's `push_messages`/`pull_messages` (public methods) of
   the `ServerApp`'s `InMemoryGrid` to signal pushes and wait for replies.
 
-The grid falls back to Flower's 100 ms when no reply signals it. The engine still wakes every
-100 ms to notice the end of the run, but scans unsignalled only once a second: in
-`run_simulation` every push signals it, and scanning K=100 nodes every 100 ms took 6-7% of
-a core all through the clients' training.
-Neither is installed under `flwr run`, whose grid and engine are Flower's own.
+The grid falls back to Flower's 100 ms when no reply signals it. The engine scans every
+100 ms until a wrapped grid signals its pushes; from then on it wakes every 100 ms only to
+notice the end of the run and scans unsignalled once a second (scanning K=100 nodes every
+100 ms took 6-7% of a core all through the clients' training).
 """
 
+import inspect
+import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from queue import Empty, Queue
 from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+ENGINE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
+# The engine's loops this module replaces, with the parameters it was written for.
+ENGINE_LOOPS = {
+    "add_messages_to_queue": ("state", "queue", "nodes_mapping", "f_stop"),
+    "put_message_into_state": ("state", "queue", "f_stop"),
+}
 FLOWER_POLL_INTERVAL = 0.1  # seconds, Flower's interval for both loops
-ENGINE_IDLE_RESCAN = 1.0  # seconds between the engine's unsignalled scans
+ENGINE_IDLE_RESCAN = 1.0  # seconds between the engine's unsignalled scans once pushes signal
+_grid_signals = threading.Event()  # a wrapped grid signals its pushes
 _messages_pushed = threading.Event()  # the ServerApp pushed messages for the nodes
 _reply_stored = threading.Event()  # the engine stored a node's reply
 
@@ -58,33 +71,83 @@ def wake_on_messages(grid: Grid) -> None:
     grid.push_messages = push_messages  # type: ignore[method-assign]
     grid.pull_messages = pull_messages  # type: ignore[method-assign]
     grid.pull_interval = 0.0
+    _grid_signals.set()
 
 
-def install_engine_wakeups() -> None:
-    """Replace the simulation engine's hand-over loops by event-driven ones."""
-    from flwr.server.superlink.fleet.vce import vce_api
+def add_messages_to_queue(
+    state: Any, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event
+) -> None:
+    """Flower's loop moving the nodes' messages into the engine's queue, woken by pushes."""
+    next_scan = 0.0
+    while not f_stop.is_set():
+        if _messages_pushed.is_set() or time.monotonic() >= next_scan:
+            _messages_pushed.clear()  # a push from here on is seen by the next scan
+            rescan = ENGINE_IDLE_RESCAN if _grid_signals.is_set() else FLOWER_POLL_INTERVAL
+            next_scan = time.monotonic() + rescan
+            for node_id in nodes_mapping:
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+        _messages_pushed.wait(FLOWER_POLL_INTERVAL)  # and notice `f_stop` as Flower does
 
-    def add_messages_to_queue(
-        state: Any, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event
-    ) -> None:
-        next_scan = 0.0
-        while not f_stop.is_set():
-            if _messages_pushed.is_set() or time.monotonic() >= next_scan:
-                _messages_pushed.clear()  # a push from here on is seen by the next scan
-                next_scan = time.monotonic() + ENGINE_IDLE_RESCAN
-                for node_id in nodes_mapping:
-                    for message in state.get_message_ins(node_id=node_id, limit=1):
-                        queue.put(message)
-            _messages_pushed.wait(FLOWER_POLL_INTERVAL)  # and notice `f_stop` as Flower does
 
-    def put_message_into_state(state: Any, queue: Queue[Message], f_stop: threading.Event) -> None:
-        while not f_stop.is_set():
-            try:
-                reply = queue.get(timeout=1.0)
-            except Empty:
-                continue
-            state.store_message_res(reply)
-            _reply_stored.set()
+def put_message_into_state(state: Any, queue: Queue[Message], f_stop: threading.Event) -> None:
+    """Flower's loop storing the nodes' replies, signalling each to the grid."""
+    while not f_stop.is_set():
+        try:
+            reply = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        state.store_message_res(reply)
+        _reply_stored.set()
 
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    vce_api.put_message_into_state = put_message_into_state
+
+_REPLACEMENTS: dict[str, Callable[..., None]] = {
+    "add_messages_to_queue": add_messages_to_queue,
+    "put_message_into_state": put_message_into_state,
+}
+_warned = False
+
+
+def engine_mismatch(engine: Any) -> str | None:
+    """Say how the engine module differs from what the replacements expect, or None."""
+    for name, expected in ENGINE_LOOPS.items():
+        current = getattr(engine, name, None)
+        if current is None:
+            return f"it has no {name}"
+        if current is _REPLACEMENTS[name]:
+            continue
+        parameters = tuple(inspect.signature(current).parameters)
+        if parameters != expected:
+            return f"its {name} takes {parameters}, not {expected}"
+    return None
+
+
+def install_engine_wakeups() -> bool:
+    """Replace the engine's hand-over loops by event-driven ones; True if they are in place.
+
+    Leaves Flower's loops (and warns once) when the engine is not the one written for.
+    """
+    global _warned
+    import importlib
+
+    engine = importlib.import_module(ENGINE_MODULE)
+    mismatch = engine_mismatch(engine)
+    if mismatch is not None:
+        if not _warned:
+            _warned = True
+            print(
+                f"warning: fast_polling: Flower's simulation engine ({ENGINE_MODULE}) is not "
+                f"the one fedavg_mnist was written for ({mismatch}); using Flower's own 100 ms "
+                "polling",
+                file=sys.stderr,
+                flush=True,
+            )
+        return False
+    for name, replacement in _REPLACEMENTS.items():
+        setattr(engine, name, replacement)
+    return True
+
+
+def install_if_engine_loaded() -> bool:
+    """Install the wake-ups in a process that runs Flower's simulation engine; else nothing."""
+    return ENGINE_MODULE in sys.modules and install_engine_wakeups()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .paper import IID, NON_IID, PARTITION_NAMES, TABLES, Cell, PaperTable
+from .paper import IID, NON_IID, PARTITION_NAMES, TABLES, TARGET_ACCURACY, Cell, PaperTable
 from .results import RESULTS_FILE, best_so_far, load_results, write_text_atomic
 
 REACHED = "reached"
@@ -201,7 +201,7 @@ def cell_setting(cell: Cell) -> Setting:
         client_fraction=cell.client_fraction,
         local_epochs=cell.local_epochs,
         batch_size=cell.batch_size,
-        target_accuracy=0.97 if cell.model == "mlp" else 0.99,
+        target_accuracy=TARGET_ACCURACY[cell.model],
     )
 
 

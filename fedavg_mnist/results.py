@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from .config import to_plain_dict
+from .config import target_accuracy, to_plain_dict
 from .errors import UserError
 from .progress import Progress
 
@@ -106,6 +106,18 @@ def summarize(history: Sequence[dict[str, Any]], target: float) -> dict[str, Any
     }
 
 
+def summary_line(results: dict[str, Any], path: Path) -> str:
+    """One line: best accuracy, rounds to target, where the results are."""
+    reached = results["rounds_to_target"]
+    to_target = f"round {reached}" if reached is not None else "not reached"
+    return (
+        f"best accuracy {results['best_accuracy']:.4f} (round {results['best_round']}); "
+        f"target {results['target_accuracy']:.2%}: {to_target}; "
+        f"{results['completed_rounds']} rounds in {results['wall_seconds']:.1f}s; "
+        f"results: {path}"
+    )
+
+
 class RunRecorder:
     """Keeps a run's history, appending each round durably to `rounds.jsonl`.
 
@@ -123,7 +135,7 @@ class RunRecorder:
         self.output_dir = Path(cfg.output_dir)
         self.path = self.output_dir / RESULTS_FILE
         self.rounds_path = self.output_dir / ROUNDS_FILE
-        self.target = float(cfg.target_accuracy)
+        self.target = target_accuracy(cfg)
         self.history: list[dict[str, Any]] = list(restored)
         self.progress = Progress(int(cfg.num_rounds))
         self.document: dict[str, Any] = {

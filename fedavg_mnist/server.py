@@ -1,9 +1,11 @@
 """The server: FedAvg sampling the paper's m clients, centralized evaluation, the `ServerApp`."""
 
+import logging
 import random
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -20,19 +22,31 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from omegaconf import DictConfig
 from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from .client import reported_partition_id
-from .config import num_sampled_clients, run_settings
-from .data import load_data
+from .client import (
+    NUM_CPUS_KEY,
+    NUM_GPUS_KEY,
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    reported_partition_id,
+)
+from .config import gpus_per_client, num_sampled_clients, run_settings, validate
+from .data import (
+    PARTITIONS_FILE,
+    client_partitions,
+    load_data,
+    load_partitions,
+    partitions_key,
+    save_partitions,
+)
+from .errors import ClientFailure, RunFailure, UserError
 from .models import autocast, build_model, num_parameters, place_model, resolve_device
 from .polling import wake_on_messages
-from .results import RunRecorder, load_results
-
-
-class ClientFailure(RuntimeError):
-    """A sampled client replied with an error instead of a model."""
+from .results import RunRecorder, load_results, summary_line
+from .run_dir import check_run_dir
 
 
 class TargetReached(Exception):
@@ -114,27 +128,69 @@ class PaperFedAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
-def discover_partitions(grid: Grid, num_nodes: int, timeout: float = 600.0) -> dict[int, int]:
-    """Ask every node for its partition ID; return partition ID -> node ID."""
-    deadline = time.monotonic() + timeout
-    while len(node_ids := list(grid.get_node_ids())) < num_nodes:
-        if time.monotonic() > deadline:
-            raise ClientFailure(f"only {len(node_ids)} of {num_nodes} nodes connected")
-        time.sleep(0.1)
-    queries = [
-        Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
-        for node_id in node_ids
-    ]
-    node_of_partition = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            raise ClientFailure(f"a node failed to report its partition: {reply.error.reason}")
-        partition_id = reported_partition_id(reply.content)
-        node_of_partition[partition_id] = reply.metadata.src_node_id
-    if sorted(node_of_partition) != list(range(num_nodes)):
-        raise ClientFailure(
-            f"nodes hold partitions {sorted(node_of_partition)}, not 0..{num_nodes - 1}"
+FEDERATION_HINT = (
+    'under flwr run, set the simulation with --federation-config "num-supernodes={k} '
+    'client-resources-num-cpus={cpus} client-resources-num-gpus={gpus}"; a deployment '
+    'needs K SuperNodes started with --node-config "partition-id=<i> num-partitions={k}"'
+)
+
+
+def check_node(report: ConfigRecord, cfg: DictConfig, gpus: float) -> None:
+    """Fail at once if a node's partitioning or Ray resources are not what the run needs."""
+    hint = FEDERATION_HINT.format(k=cfg.num_clients, cpus=cfg.client_resources.num_cpus, gpus=gpus)
+    num_partitions = cast(int, report.get(NUM_PARTITIONS_KEY, -1))
+    if num_partitions != cfg.num_clients:
+        raise UserError(
+            f"a node holds partition {report.get(PARTITION_ID_KEY)!r} of {num_partitions}, "
+            f"but num_clients (K) is {cfg.num_clients}: {hint}"
         )
+    if NUM_CPUS_KEY in report:  # a simulated client: Ray reserved these for it
+        given = (cast(float, report[NUM_CPUS_KEY]), cast(float, report[NUM_GPUS_KEY]))
+        if given != (cfg.client_resources.num_cpus, gpus):
+            raise UserError(
+                f"each simulated client has {given[0]:g} CPUs and {given[1]:g} GPUs, but "
+                f"client_resources asks for {cfg.client_resources.num_cpus} and {gpus:g}: {hint}"
+            )
+
+
+def discover_partitions(
+    grid: Grid, cfg: DictConfig, gpus: float, timeout: float = 600.0
+) -> dict[int, int]:
+    """Ask each node for its partition ID as it connects; return partition ID -> node ID.
+
+    The first reply shows whether the federation is the run's (K partitions, the client
+    resources asked for); a wrong one fails at once instead of waiting for K nodes.
+    """
+    deadline = time.monotonic() + timeout
+    node_of_partition: dict[int, int] = {}
+    asked: set[int] = set()
+    while len(node_of_partition) < cfg.num_clients:
+        new_nodes = [node_id for node_id in grid.get_node_ids() if node_id not in asked]
+        if not new_nodes:
+            if time.monotonic() > deadline:
+                raise ClientFailure(
+                    f"only {len(node_of_partition)} of {cfg.num_clients} nodes connected "
+                    f"within {timeout:g} s"
+                )
+            time.sleep(0.1)
+            continue
+        asked.update(new_nodes)
+        queries = [
+            Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
+            for node_id in new_nodes
+        ]
+        for reply in grid.send_and_receive(queries, timeout=max(deadline - time.monotonic(), 1)):
+            if reply.has_error():
+                raise ClientFailure(f"a node failed to report its partition: {reply.error.reason}")
+            report = reply.content.config_records["client"]
+            check_node(report, cfg, gpus)
+            partition_id = cast(int, report[PARTITION_ID_KEY])
+            if partition_id in node_of_partition or not 0 <= partition_id < cfg.num_clients:
+                raise UserError(
+                    f"two nodes hold partition {partition_id}, or it is not in 0..K-1 "
+                    f"(K={cfg.num_clients}): give each node its own partition-id"
+                )
+            node_of_partition[partition_id] = reply.metadata.src_node_id
     return node_of_partition
 
 
@@ -161,6 +217,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_run(cfg: DictConfig) -> None:
+    """Make the checks every run makes before it writes anything; save its partitions."""
+    validate(cfg)
+    check_run_dir(cfg)
+    partitions_file = Path(cfg.output_dir) / PARTITIONS_FILE
+    if load_partitions(partitions_file, partitions_key(cfg)) is None:
+        save_partitions(partitions_file, partitions_key(cfg), client_partitions(cfg))
+
+
 def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None) -> None:
     """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round.
 
@@ -168,6 +233,8 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
     `checkpoint_every` rounds; with `resume`, the run continues after its last checkpoint.
     """
     cfg = run_settings(context, fallback)
+    start_run(cfg)
+    print(f"results: {cfg.output_dir}", flush=True)
     if cfg.fast_polling:
         wake_on_messages(grid)
     seed_everything(cfg.seed)
@@ -199,7 +266,7 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
         with autocast(cfg.precision, device):
             loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
         recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
-        reached = cfg.stop_at_target and server_round > 0 and accuracy >= cfg.target_accuracy
+        reached = cfg.stop_at_target and server_round > 0 and accuracy >= recorder.target
         every = cfg.checkpoint_every
         if reached or server_round in (0, cfg.num_rounds) or (every and server_round % every == 0):
             state = Checkpoint(
@@ -215,9 +282,10 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
             raise TargetReached
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
+    gpus = gpus_per_client(cfg.client_resources.num_gpus, device.type)
     strategy = PaperFedAvg(
         num_train_nodes=strategy_state["num_train_nodes"],
-        node_of_partition=discover_partitions(grid, cfg.num_clients),
+        node_of_partition=discover_partitions(grid, cfg, gpus),
         seed=cfg.seed,
         rounds_done=rounds_done,
     )
@@ -231,14 +299,34 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
     except TargetReached:
         pass
     recorder.finish()
+    print(summary_line(recorder.document, recorder.path), flush=True)
+
+
+class OneLineFailures(logging.Filter):
+    """Show a `RunFailure` that Flower logs with its traceback as one `error:` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the traceback of a `RunFailure`, keep its message."""
+        failure = record.exc_info[1] if record.exc_info else None
+        if isinstance(failure, RunFailure):
+            record.msg, record.args = "error: %s", (failure,)
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def make_server_app(run_config: UserConfig | None = None) -> ServerApp:
-    """Build the `ServerApp`; `run_config` is used where `Context.run_config` has no value."""
+    """Build the `ServerApp`; `run_config` is used where `Context.run_config` has no value.
+
+    A `RunFailure` ends the run as failed (Flower's exit code and status) with its one line
+    in the run's log; the Hydra CLI prints the same line.
+    """
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
+        flower_logger = logging.getLogger("flwr")
+        if not any(isinstance(f, OneLineFailures) for f in flower_logger.filters):
+            flower_logger.addFilter(OneLineFailures())
         run_server(grid, context, run_config)
 
     return app

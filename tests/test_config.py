@@ -5,7 +5,13 @@ from conftest import PROJECT_ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedavg_mnist.config import from_run_config, register_schema, to_run_config, validate
+from fedavg_mnist.config import (
+    from_run_config,
+    register_schema,
+    target_accuracy,
+    to_run_config,
+    validate,
+)
 from fedavg_mnist.errors import UserError
 
 register_schema()
@@ -20,16 +26,22 @@ def test_defaults_are_the_papers_headline_setting() -> None:
     cfg = _compose()
     assert (cfg.model.name, cfg.num_clients, cfg.client_fraction) == ("cnn", 100, 0.1)
     assert (cfg.local_epochs, cfg.batch_size, cfg.num_rounds) == (5, 10, 20)
-    assert cfg.target_accuracy == 0.99
-    assert _compose("model=mlp").target_accuracy == 0.97
+    assert cfg.target_accuracy is None  # the paper's target for the model
+    assert target_accuracy(cfg) == 0.99
+    assert target_accuracy(_compose("model=mlp")) == 0.97
+    assert target_accuracy(_compose("model=mlp", "target_accuracy=0.9")) == 0.9
     validate(cfg)
 
 
-@pytest.mark.parametrize("batch_size", [None, 10])
-def test_run_config_round_trips(batch_size: int | None) -> None:
-    cfg = _compose(
-        "partition=pathological", f"batch_size={'null' if batch_size is None else batch_size}"
-    )
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["partition=pathological", "batch_size=null"],
+        ["batch_size=10", "client_resources.num_gpus=0.5", "target_accuracy=0.98"],
+    ],
+)
+def test_run_config_round_trips(overrides: list[str]) -> None:
+    cfg = _compose(*overrides)
     run_config = to_run_config(cfg)
     assert all(isinstance(v, bool | int | float | str) for v in run_config.values())
     back = from_run_config(run_config)
@@ -37,7 +49,17 @@ def test_run_config_round_trips(batch_size: int | None) -> None:
     assert isinstance(expected, dict)
     expected["partition"] = {k: v for k, v in expected["partition"].items() if v is not None}
     assert OmegaConf.to_container(back, resolve=True) == expected
-    assert back.batch_size is batch_size
+
+
+def test_flwr_run_config_names_the_partition_and_derives_its_size() -> None:
+    """`--run-config "partition='pathological' num_clients=50"` as Hydra's overrides."""
+    back = from_run_config({"partition": "pathological", "num_clients": 50, "seed": 3})
+    hydra = _compose("partition=pathological", "num_clients=50", "seed=3")
+    assert OmegaConf.to_container(back.partition, resolve=True) == OmegaConf.to_container(
+        hydra.partition, resolve=True
+    )
+    with pytest.raises(UserError, match="unknown partition 'dirichlet': choose one of iid"):
+        from_run_config({"partition": "dirichlet"})
 
 
 @pytest.mark.parametrize(
@@ -73,7 +95,7 @@ def test_pyproject_app_config_is_the_hydra_default() -> None:
     flatten(pyproject["tool"]["flwr"]["app"]["config"])
     from_flwr = OmegaConf.to_container(from_run_config(flat), resolve=True)
     from_hydra = OmegaConf.to_container(
-        _compose("dataset.root=data", "output_dir=outputs/flwr-run"), resolve=True
+        _compose("dataset.root=data", "output_dir='outputs/{run_id}'"), resolve=True
     )
     assert from_flwr == from_hydra
 

@@ -10,11 +10,13 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from omegaconf import OmegaConf
 from torch import nn
 
 from fedavg_mnist.client import PARTITION_ID_KEY
 from fedavg_mnist.config import num_sampled_clients
-from fedavg_mnist.server import ClientFailure, PaperFedAvg, evaluate
+from fedavg_mnist.errors import ClientFailure, UserError
+from fedavg_mnist.server import PaperFedAvg, check_node, evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +122,21 @@ def test_evaluate_reports_loss_and_accuracy() -> None:
     assert accuracy == pytest.approx(2 / 3)
     expected = torch.nn.functional.cross_entropy(model(images), labels).item()
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def _node_report(partition_id: int, num_partitions: int, **resources: float) -> ConfigRecord:
+    return ConfigRecord(
+        {"partition-id": partition_id, "num-partitions": num_partitions, **resources}
+    )
+
+
+def test_a_node_of_another_federation_fails_the_run_at_once() -> None:
+    cfg = OmegaConf.create({"num_clients": 4, "client_resources": {"num_cpus": 1}})
+    check_node(_node_report(2, 4, **{"num-cpus": 1.0, "num-gpus": 0.0}), cfg, gpus=0.0)
+    check_node(_node_report(2, 4), cfg, gpus=0.0)  # a real SuperNode: no Ray resources
+    with pytest.raises(UserError, match="holds partition 2 of 100, but num_clients .K. is 4"):
+        check_node(_node_report(2, 100), cfg, gpus=0.0)
+    with pytest.raises(UserError, match="has 2 CPUs and 0 GPUs, but client_resources asks"):
+        check_node(_node_report(2, 4, **{"num-cpus": 2.0, "num-gpus": 0.0}), cfg, gpus=0.0)
+    with pytest.raises(UserError, match='client-resources-num-gpus=0.25"'):
+        check_node(_node_report(2, 4, **{"num-cpus": 1.0, "num-gpus": 0.0}), cfg, gpus=0.25)

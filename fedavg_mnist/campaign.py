@@ -1,0 +1,252 @@
+"""A queue of long runs that outlives any stop: each cell resumes from its checkpoint.
+
+    python -m fedavg_mnist.campaign run conf/campaign/cnn.yaml [--nice 19]
+    python -m fedavg_mnist.campaign status conf/campaign/cnn.yaml
+    python -m fedavg_mnist.campaign stop conf/campaign/cnn.yaml
+
+The queue file names cells (a run directory and the CLI's overrides for it). `run` goes
+through them in order, one at a time, each through the project's CLI in its own process
+group: a cell with a `checkpoint.pt` and an unfinished `results.json` continues with
+`resume=true`, a finished one is skipped. The queue's state is read from the run
+directories themselves (done, started, left), so committing them keeps it in the repo;
+`status` writes it to `STATUS.md` beside the runs. `stop` (or Ctrl-C, or SIGTERM) ends the
+running cell and the queue at once; the cell loses at most the rounds since its last
+checkpoint (the queue's cells checkpoint every round).
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .checkpoint import CHECKPOINT_FILE
+from .errors import UserError
+from .results import RESULTS_FILE, load_results, write_text_atomic
+
+LOCK_FILE = "campaign.lock"  # in the runs directory: the pid running the queue, and its cell
+STATUS_FILE = "STATUS.md"
+DONE, STARTED, LEFT, RUNNING = "done", "started", "left", "running"
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One queued run: its directory (under the queue's `runs_dir`) and its CLI overrides."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The cells of a queue file, in order, and where their run directories live."""
+
+    runs_dir: Path
+    common: tuple[str, ...]
+    cells: tuple[Cell, ...]
+
+    def run_dir(self, cell: Cell) -> Path:
+        """Return the cell's run directory."""
+        return self.runs_dir / cell.name
+
+
+def load_queue(path: Path) -> Queue:
+    """Read a queue file: `runs_dir`, `common` overrides and `cells` (name, overrides)."""
+    try:
+        spec: Any = OmegaConf.to_container(OmegaConf.load(path))
+        cells = tuple(Cell(str(c["name"]), tuple(map(str, c["overrides"]))) for c in spec["cells"])
+        queue = Queue(Path(spec["runs_dir"]), tuple(map(str, spec.get("common", []))), cells)
+    except (OSError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read the queue {path}: {err}") from err
+    names = [cell.name for cell in cells]
+    if len(set(names)) != len(names):
+        raise UserError(f"queue {path}: a cell name appears twice")
+    return queue
+
+
+def cell_state(run_dir: Path) -> str:
+    """`done` (results finished), `started` (a checkpoint to resume) or `left`."""
+    if (run_dir / RESULTS_FILE).is_file() and load_results(run_dir).get("finished"):
+        return DONE
+    return STARTED if (run_dir / CHECKPOINT_FILE).is_file() else LEFT
+
+
+def running_cell(queue: Queue) -> tuple[int, str] | None:
+    """Return (pid, cell name) of the live process running this queue, if any."""
+    try:
+        pid_text, name = (queue.runs_dir / LOCK_FILE).read_text().split(maxsplit=1)
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid, name.strip()
+
+
+def status_rows(queue: Queue) -> list[dict[str, Any]]:
+    """One row per cell: its state, rounds done and best accuracy so far."""
+    running = running_cell(queue)
+    rows = []
+    for cell in queue.cells:
+        run_dir = queue.run_dir(cell)
+        state = cell_state(run_dir)
+        if running and running[1] == cell.name:
+            state = RUNNING
+        row: dict[str, Any] = {"cell": cell.name, "state": state, "rounds": 0, "best": None}
+        if (run_dir / RESULTS_FILE).is_file():
+            results = load_results(run_dir)
+            row.update(
+                rounds=results.get("completed_rounds", 0),
+                best=results.get("best_accuracy"),
+                to_target=results.get("rounds_to_target"),
+                wall_seconds=results.get("wall_seconds"),
+            )
+        rows.append(row)
+    return rows
+
+
+def status_markdown(queue: Queue) -> str:
+    """Return the queue's state as a Markdown table."""
+    lines = [
+        "| cell | state | rounds | best accuracy | first round at target | wall |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in status_rows(queue):
+        best = "" if row["best"] is None else f"{row['best']:.4f}"
+        target = row.get("to_target") or ""
+        wall = f"{row['wall_seconds'] / 3600:.2f} h" if row.get("wall_seconds") else ""
+        lines.append(
+            f"| {row['cell']} | {row['state']} | {row['rounds']} | {best} | {target} | {wall} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cell_command(queue: Queue, cell: Cell) -> list[str]:
+    """Return the CLI command that starts or resumes the cell."""
+    run_dir = queue.run_dir(cell)
+    resume = ["resume=true"] if cell_state(run_dir) == STARTED else []
+    return [
+        sys.executable,
+        "-m",
+        "fedavg_mnist.main",
+        *queue.common,
+        *cell.overrides,
+        f"hydra.run.dir={run_dir}",
+        *resume,
+    ]
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """End a cell's process group (the CLI, Ray and its workers): SIGINT, then SIGKILL."""
+    for sig, wait_s in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait_s)
+            os.killpg(process.pid, signal.SIGKILL)  # whatever the CLI left in its group
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def run_queue(queue: Queue, niceness: int = 0, log: Any = sys.stdout) -> int:
+    """Run every cell not done, in order, until one fails; return 1 if one did, else 0."""
+    if running := running_cell(queue):
+        raise UserError(f"the queue is already running (pid {running[0]}, {running[1]})")
+    queue.runs_dir.mkdir(parents=True, exist_ok=True)
+    lock = queue.runs_dir / LOCK_FILE
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    failures = 0
+    try:
+        for cell in queue.cells:
+            if cell_state(queue.run_dir(cell)) == DONE:
+                continue
+            write_text_atomic(lock, f"{os.getpid()} {cell.name}\n")
+            command = cell_command(queue, cell)
+            print(f"[{time.strftime('%H:%M:%S')}] {cell.name}: {' '.join(command[3:])}", file=log)
+            log.flush()
+            process = subprocess.Popen(
+                command,
+                start_new_session=True,
+                preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                code = process.wait()
+            finally:
+                stop_group(process)
+            if code == 0 and cell_state(queue.run_dir(cell)) == DONE:
+                # the results are what is kept; a checkpoint is only for a cell to resume
+                (queue.run_dir(cell) / CHECKPOINT_FILE).unlink(missing_ok=True)
+            if code != 0:  # a cell that fails needs a look before the queue goes on
+                failures += 1
+                print(f"{cell.name}: exit status {code}; the queue stops here", file=log)
+                break
+    except _Stopped:
+        print("stopped: resume with the same `run` command", file=log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        lock.unlink(missing_ok=True)
+        write_text_atomic(queue.runs_dir / STATUS_FILE, status_markdown(queue))
+    return failures
+
+
+def stop_queue(queue: Queue, timeout: float = 60.0) -> bool:
+    """Ask the process running the queue to stop; return once it has (True) or not."""
+    running = running_cell(queue)
+    if running is None:
+        return True
+    os.kill(running[0], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_cell(queue) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return running_cell(queue) is None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `run`, `status` or `stop` a queue file."""
+    parser = argparse.ArgumentParser(prog="python -m fedavg_mnist.campaign", description=__doc__)
+    parser.add_argument("action", choices=("run", "status", "stop"))
+    parser.add_argument("queue", type=Path, help="queue file, e.g. conf/campaign/cnn.yaml")
+    parser.add_argument("--nice", type=int, default=0, help="run the cells at this niceness")
+    args = parser.parse_args(argv)
+    try:
+        queue = load_queue(args.queue)
+        if args.action == "run":
+            return 1 if run_queue(queue, args.nice) else 0
+        if args.action == "stop":
+            if not stop_queue(queue):
+                raise UserError("the queue did not stop within 60 s")
+            return 0
+        markdown = status_markdown(queue)
+        write_text_atomic(queue.runs_dir / STATUS_FILE, markdown)
+        print(markdown, end="")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`flwr run .` as a new user runs it: the same run as the Hydra CLI, the same guarantees."""
+
+import json
+import re
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, run_cli, tiny_overrides, write_synthetic_mnist
+from flower import FlowerHome
+
+# The tiny run of `tiny_overrides`, in `--run-config`'s keys (Hydra's overrides' keys).
+TINY = {
+    "model.name": "mlp",
+    "num_clients": 4,
+    "client_fraction": 0.5,
+    "local_epochs": 1,
+    "batch_size": 10,
+    "num_rounds": 2,
+    "dataset.download": False,
+    "dataset.verify_checksums": False,
+}
+SIMULATION = "num-supernodes=4 client-resources-num-cpus=1"
+ONE_LINE_ERROR = re.compile(r"^ERROR\s*:\s+error: ")  # Flower's log line holding ours
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _tracked_changes() -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowerHome]:
+    home = FlowerHome(tmp_path_factory.mktemp("flower"))
+    try:
+        yield home
+    finally:
+        home.stop()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_mnist(tmp_path_factory.mktemp("flwr-data") / "data")
+
+
+def _history(run_dir: Path) -> list[tuple[int, float, float]]:
+    document = json.loads((run_dir / "results.json").read_text())
+    assert document["finished"] is True
+    return [(r["round"], r["accuracy"], r["loss"]) for r in document["history"]]
+
+
+def test_flwr_run_gives_the_hydra_clis_run(
+    flower: FlowerHome, data_root: Path, tmp_path: Path
+) -> None:
+    """Same settings, both launchers: the same history; results where the log says."""
+    tracked_before = _tracked_changes()
+    hydra_dir = tmp_path / "hydra"
+    assert run_cli(*tiny_overrides(data_root, hydra_dir)).returncode == 0
+
+    run_id = flower.submit({**TINY, "dataset.root": str(data_root)}, SIMULATION)
+    status, log = flower.wait([run_id])[run_id], flower.log(run_id, until="best accuracy")
+    assert status == "finished:completed", log
+    run_dir = flower.home / "fedavg-mnist" / "outputs" / str(run_id)  # the documented default
+    assert f"results: {run_dir}\n" in log  # printed at the start
+    assert f"results: {run_dir / 'results.json'}" in log  # and in the summary at the end
+    assert _history(run_dir) == _history(hydra_dir)
+    for round_number in (0, 1, 2):
+        assert f"round {round_number:4d}  accuracy" in log
+    assert "Traceback" not in log
+    assert _tracked_changes() == tracked_before  # `flwr` rewrote no file of the repo
+
+
+def test_flwr_run_fails_bad_input_in_one_line(
+    flower: FlowerHome, data_root: Path, tmp_path: Path
+) -> None:
+    """A bad setting, results in the way, the wrong federation: a failed run, one line each.
+
+    (The check of the clients' Ray resources, the other half of the federation, is
+    `test_server.py`'s.)
+    """
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.json").write_text('{"keep": true}')
+    cases: list[tuple[dict[str, object], str, str]] = [
+        ({"lr": -1.0}, SIMULATION, "error: invalid config: lr must be > 0"),
+        ({"output_dir": str(taken)}, SIMULATION, "results.json already exists"),
+        ({}, "num-supernodes=2 client-resources-num-cpus=1", "of 2, but num_clients (K) is 4"),
+    ]
+    run_ids = [  # submitted at once: Flower runs them side by side
+        flower.submit({**TINY, "dataset.root": str(data_root), **settings}, federation)
+        for settings, federation, _ in cases
+    ]
+    statuses = flower.wait(run_ids)
+    for run_id, (_, _, message) in zip(run_ids, cases, strict=True):
+        log = flower.log(run_id, until="error: ")
+        assert statuses[run_id] == "finished:failed", log
+        lines = ANSI_COLOUR.sub("", log).splitlines()
+        errors = [line for line in lines if ONE_LINE_ERROR.search(line)]
+        assert len(errors) == 1 and message in errors[0], log
+        assert "Traceback" not in log, log
+    assert (taken / "results.json").read_text() == '{"keep": true}'
+    assert "--federation-config" in errors[0]  # the fix is named
+
+
+def test_the_app_bundle_holds_code_not_results(tmp_path: Path) -> None:
+    """`flwr build`: what Flower ships to a SuperLink for each run."""
+    home = FlowerHome(tmp_path)
+    result = home.flwr("build", "--app", str(PROJECT_ROOT), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (fab,) = tmp_path.glob("*.fab")
+    names = zipfile.ZipFile(fab).namelist()
+    assert "fedavg_mnist/server.py" in names and "conf/partition/iid.yaml" in names
+    assert not [name for name in names if name.startswith(("docs/", "tests/", "outputs/"))]

@@ -1,0 +1,91 @@
+"""Sweeps in Hydra's whole grammar, checked in one line, run side by side when asked."""
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, tiny_overrides
+
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.main import cpu_share
+from fedavg_mnist.overrides import check_overrides, parse, values
+
+
+@pytest.mark.parametrize(
+    ("override", "expanded"),
+    [
+        ("partition=choice(iid,pathological)", ["partition=iid", "partition=pathological"]),
+        ("lr=range(0.05,0.15,0.05)", ["lr=0.05", "lr=0.1"]),
+        ("model=glob(*)", ["model=cnn", "model=mlp"]),
+        ("model=glob(*,exclude=cnn)", ["model=mlp"]),
+        ("local_epochs=1,5", ["local_epochs=1", "local_epochs=5"]),
+        ("dataset.root='/data/my mnist'", ["dataset.root='/data/my mnist'"]),
+    ],
+)
+def test_hydra_parses_the_sweep(override: str, expanded: list[str]) -> None:
+    (parsed,) = parse([override])
+    assert values(parsed) == expanded
+    check_overrides(["-m", override, "output_dir=/tmp/unused"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=choice(0.1,-1)", "lr must be > 0"),
+        ("partition=choice(iid,dirichlet)", "unknown partition 'dirichlet'"),
+        ("local_epochs=range(0,3)", "local_epochs must be >= 1"),
+        ("lr=range(0.05", "invalid override: no viable alternative at input 'range(0.05'"),
+    ],
+)
+def test_a_bad_value_anywhere_in_a_sweep_is_one_line(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        check_overrides(["-m", override])
+
+
+def test_a_bad_sweep_value_ends_the_cli_before_any_point_runs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "model=mlp", "lr=choice(0.1,-1)", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == ["error: invalid config: lr must be > 0, got -1.0"]
+    assert not list(sweep.glob("*/results.json"))
+
+
+def test_a_parallel_launcher_splits_the_cpus() -> None:
+    cpus = os.cpu_count() or 1
+    assert cpu_share(1) == cpus  # one point at a time: the whole machine
+    assert cpu_share(2) == max(cpus // 2, 1)
+    assert cpu_share(-1) == 1  # joblib's n_jobs=-1: one point per CPU
+    assert cpu_share(4 * cpus) == 1
+
+
+def _interval(run_dir: Path) -> tuple[datetime, datetime]:
+    document = json.loads((run_dir / "results.json").read_text())
+    assert document["finished"] is True
+    return datetime.fromtimestamp(document["history"][0]["time"], UTC), datetime.fromisoformat(
+        document["finished_at"]
+    )
+
+
+def test_choice_sweep_runs_its_points_side_by_side_with_joblib(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_overrides(synthetic_root, tmp_path / "unused") if "hydra.run" not in a]
+    result = run_cli(
+        "-m",
+        *args,
+        "partition=choice(iid,pathological)",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr
+    points = sorted(sweep.glob("*/results.json"))
+    partitions = {
+        json.loads(p.read_text())["config"]["partition"]["_target_"].rsplit(".")[-1] for p in points
+    }
+    assert partitions == {"IidPartitioner", "ShardPartitioner"}
+    (first_start, first_end), (second_start, second_end) = (_interval(p.parent) for p in points)
+    assert max(first_start, second_start) < min(first_end, second_end)  # they overlapped

@@ -47,10 +47,14 @@ def parallel_jobs() -> int:
     return 1 if n_jobs is None else int(n_jobs)
 
 
+def available_cpus() -> int:
+    """Count the CPUs this process may run on (a SLURM job's, a `taskset`'s, or all)."""
+    return len(os.sched_getaffinity(0))
+
+
 def cpu_share(jobs: int) -> int:
-    """Return the CPUs one run may use when `jobs` runs share the machine (joblib's -1: all)."""
-    cpus = os.cpu_count() or 1
-    return 1 if jobs < 0 else max(cpus // max(jobs, 1), 1)
+    """Return the CPUs one run may use when `jobs` runs share them (joblib's -1: one each)."""
+    return 1 if jobs < 0 else max(available_cpus() // max(jobs, 1), 1)
 
 
 def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""A real SuperLink and SuperNodes on loopback, with TLS and SuperNode authentication."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, run_cli, tiny_overrides
+from flower import free_port, kill_sessions, processes_in_sessions, sessions_of
+
+from fedavg_mnist.certificates import make_supernode_key
+
+TINY_RUN_CONFIG = (
+    "model.name='mlp' client_fraction=0.5 local_epochs=1 batch_size=10 num_rounds={rounds} "
+    "dataset.download=false dataset.verify_checksums=false"
+)
+
+
+def _deploy(data_root: Path, output_dir: Path, rounds: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedavg_mnist.deployment",
+            "--supernodes",
+            "4",
+            "--run-config",
+            TINY_RUN_CONFIG.format(rounds=rounds),
+            "--data-root",
+            str(data_root),
+            "--output-dir",
+            str(output_dir),
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """A deployment a failed test leaves behind: SIGTERM makes it stop what it started."""
+    if process.poll() is None:
+        process.terminate()
+        process.wait(60)
+
+
+def _read_until(process: subprocess.Popen[str], pattern: str, seen: list[str]) -> re.Match[str]:
+    for line in process.stdout or []:
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError("".join(seen))
+
+
+def _left_behind(port: int) -> list[int]:
+    """Processes of the deployment on this SuperLink port that are still alive."""
+    return processes_in_sessions(
+        sessions_of(rf"flower-(superlink|supernode) .*(--port|--superlink 127.0.0.1:){port}\b")
+    )
+
+
+def test_deployment_gives_the_simulations_history_and_lets_only_its_supernodes_in(
+    synthetic_root: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    simulated = tmp_path / "simulated"
+    assert run_cli(*tiny_overrides(synthetic_root, simulated)).returncode == 0
+
+    deployed = tmp_path / "deployed"
+    process = _deploy(synthetic_root, deployed, rounds=2)
+    request.addfinalizer(lambda: _stop(process))
+    seen: list[str] = []
+    port = int(_read_until(process, r"SuperLink on 127.0.0.1:(\d+), TLS", seen).group(1))
+    # a SuperNode whose key was not registered is turned away
+    key, _ = make_supernode_key(tmp_path, "stranger")
+    ca_cert = deployed / "deployment" / "certs" / "ca.crt"
+    log = tmp_path / "stranger.log"
+    with open(log, "w") as stream:
+        stranger = subprocess.Popen(
+            ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates"]
+            + [str(ca_cert), "--auth-supernode-private-key", str(key)]
+            + ["--port", str(free_port()), "--node-config", "partition-id=0 num-partitions=4"],
+            env={**os.environ, "FLWR_HOME": str(tmp_path / "stranger-home")},
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        assert stranger.wait(timeout=120) != 0
+    finally:
+        kill_sessions({stranger.pid})
+    assert "Failed to activate SuperNode" in log.read_text()
+
+    output = "".join(seen) + process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output
+    assert f"results: {deployed / 'results.json'}" in output
+    history = [
+        json.loads((d / "results.json").read_text())["history"] for d in (simulated, deployed)
+    ]
+    assert [(r["round"], r["accuracy"], r["loss"]) for r in history[1]] == [
+        (r["round"], r["accuracy"], r["loss"]) for r in history[0]
+    ]
+    assert not _left_behind(port)
+    assert not list((deployed / "deployment").glob("supernode_*[!b]"))  # private keys deleted
+
+
+def test_a_supernode_killed_mid_run_ends_the_deployment_at_once(
+    synthetic_root: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    process = _deploy(synthetic_root, tmp_path / "run", rounds=50)
+    request.addfinalizer(lambda: _stop(process))
+    seen: list[str] = []
+    port = int(_read_until(process, r"SuperLink on 127.0.0.1:(\d+)", seen).group(1))
+    _read_until(process, r"round\s+1\s+accuracy", seen)
+    (victim,) = sessions_of(r"flower-supernode .*--node-config partition-id=2 ")
+    os.killpg(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    output = "".join(seen) + process.communicate(timeout=120)[0]
+    assert time.monotonic() - killed < 15, output
+    assert process.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "supernode_2 exited" in errors[0], output
+    assert "Traceback" not in output
+    assert not _left_behind(port)
+
+
+def test_insecure_is_refused_off_loopback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedavg_mnist.deployment", "--insecure", "--host", "0.0.0.0"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --insecure sends models unencrypted: allowed on loopback only, not 0.0.0.0"
+    )

@@ -27,7 +27,7 @@ from .polling import install_if_engine_loaded
 
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
-NUM_CPUS_KEY, NUM_GPUS_KEY = "num-cpus", "num-gpus"
+NUM_CPUS_KEY, NUM_GPUS_KEY, RAY_NODE_KEY = "num-cpus", "num-gpus", "ray-node"
 
 
 def train_local(
@@ -90,19 +90,24 @@ def reported_partition_id(content: RecordDict) -> int:
     return cast(int, content.config_records["client"][PARTITION_ID_KEY])
 
 
-def assigned_resources() -> dict[str, float] | None:
-    """CPUs and GPU share Ray reserved for this process (a simulated client), or None."""
+def ray_placement() -> dict[str, float | str] | None:
+    """Where Ray runs this process (a simulated client): its node, CPUs and GPU share."""
     ray = sys.modules.get("ray")  # imported only where Flower's Ray backend runs
     if ray is None or not ray.is_initialized():
         return None
-    resources = ray.get_runtime_context().get_assigned_resources()
-    return {NUM_CPUS_KEY: float(resources.get("CPU", 0.0)), NUM_GPUS_KEY: resources.get("GPU", 0.0)}
+    context = ray.get_runtime_context()
+    resources = context.get_assigned_resources()
+    return {
+        NUM_CPUS_KEY: float(resources.get("CPU", 0.0)),
+        NUM_GPUS_KEY: float(resources.get("GPU", 0.0)),
+        RAY_NODE_KEY: str(context.get_node_id()),
+    }
 
 
 def num_threads(cfg: DictConfig) -> int:
     """Torch threads for local training: the CPUs Ray reserved, else `client_resources`."""
-    resources = assigned_resources()
-    cpus = resources[NUM_CPUS_KEY] if resources else cfg.client_resources.num_cpus
+    placement = ray_placement()
+    cpus = placement[NUM_CPUS_KEY] if placement else cfg.client_resources.num_cpus
     return max(int(cpus), 1)
 
 
@@ -124,7 +129,7 @@ def train(msg: Message, context: Context, fallback: UserConfig | None = None) ->
         {
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord({"train-loss": loss, "num-examples": len(labels)}),
-            "client": ConfigRecord({PARTITION_ID_KEY: partition_id}),
+            "client": ConfigRecord({PARTITION_ID_KEY: partition_id, **(ray_placement() or {})}),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -135,7 +140,7 @@ def identify(msg: Message, context: Context) -> Message:
     node = {
         key: int(context.node_config.get(key, -1)) for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY)
     }
-    content = RecordDict({"client": ConfigRecord({**node, **(assigned_resources() or {})})})
+    content = RecordDict({"client": ConfigRecord({**node, **(ray_placement() or {})})})
     return Message(content=content, reply_to=msg)
 
 

@@ -5,7 +5,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,7 +33,8 @@ def quiet_libraries(verbose: bool) -> dict[str, Any]:
         return {}
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    # Flower logs a failure with its traceback; the CLI says it in one line instead
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     return {"logging_level": "error", "log_to_driver": False}
@@ -88,8 +89,9 @@ def run(cfg: DictConfig) -> None:
             file=sys.stderr,
             flush=True,
         )
-    cpus = cpu_share(parallel_jobs())
-    if cfg.client_resources.num_cpus > cpus:
+    jobs = parallel_jobs()
+    cpus = cpu_share(jobs)
+    if jobs > 1 and cfg.client_resources.num_cpus > cpus:
         cfg.client_resources.num_cpus = cpus  # a parallel sweep point stays within its share
     init_args = ray_init_args(cfg, cpus)  # quiets the libraries before `datasets` logs
     load_data(cfg)
@@ -123,11 +125,30 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except (ClientFailure, RuntimeError) as err:  # a client, Ray or Flower failed mid-run
-        print(f"error: the simulation failed: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(str(err), 2)
+    except (ClientFailure, RuntimeError, ValueError, ConnectionError) as err:
+        fail(f"the simulation failed: {root_cause(err)}", 1)  # a client, Ray or Flower
+    except KeyboardInterrupt:
+        fail("interrupted: continue the run with the same overrides and resume=true", 130)
+
+
+def root_cause(err: BaseException) -> str:
+    """Return the first line of the innermost exception `err` was raised from."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def fail(message: str, status: int) -> NoReturn:
+    """Print one `error:` line and end the process now.
+
+    A failed simulation can leave the `ServerApp`'s thread waiting for replies that will
+    not come (Flower's grid has no way to stop it); ending the process is what ends it.
+    Ray has been shut down by then, and results and checkpoints are already on disk.
+    """
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def cli() -> None:

@@ -31,6 +31,7 @@ from .client import (
     NUM_GPUS_KEY,
     NUM_PARTITIONS_KEY,
     PARTITION_ID_KEY,
+    RAY_NODE_KEY,
     reported_partition_id,
 )
 from .config import gpus_per_client, num_sampled_clients, run_settings, validate
@@ -92,6 +93,7 @@ class PaperFedAvg(FedAvg):
         )
         self.num_train_nodes = num_train_nodes
         self.node_of_partition = node_of_partition
+        self.ray_nodes: set[str] = set()  # the Ray nodes that trained clients, in a simulation
         self.seed = seed
         self.rounds_done = rounds_done
 
@@ -125,6 +127,9 @@ class PaperFedAvg(FedAvg):
                 f"round {server_round}: {len(replies)} of {self.num_train_nodes} clients replied"
             )
         replies.sort(key=lambda reply: reported_partition_id(reply.content))
+        for reply in replies:
+            if RAY_NODE_KEY in (client := reply.content.config_records["client"]):
+                self.ray_nodes.add(cast(str, client[RAY_NODE_KEY]))
         return super().aggregate_train(server_round, replies)
 
 
@@ -298,6 +303,7 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
         )
     except TargetReached:
         pass
+    recorder.document["ray_nodes"] = sorted(strategy.ray_nodes)
     recorder.finish()
     print(summary_line(recorder.document, recorder.path), flush=True)
 

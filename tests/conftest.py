@@ -61,12 +61,16 @@ def real_mnist_root() -> Path:
 
 
 def run_cli(
-    *overrides: str, timeout: float = 600, cwd: Path = PROJECT_ROOT
+    *overrides: str,
+    timeout: float = 600,
+    cwd: Path = PROJECT_ROOT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m fedavg_mnist.main` with Hydra overrides, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "fedavg_mnist.main", *overrides],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

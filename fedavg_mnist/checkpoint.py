@@ -1,18 +1,19 @@
-"""Checkpoints of a run: the global model, history and RNG state after a round, saved atomically."""
+"""Checkpoints of a run: the global model and history after a round, saved atomically."""
 
 import os
-import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Saved by earlier versions and never needed: every draw after initialisation comes from a
+# generator derived from (seed, round), and the strategy's state is the config's.
+_RETIRED_FIELDS = ("strategy", "rng")
 
 
 @dataclass
@@ -22,40 +23,6 @@ class Checkpoint:
     server_round: int
     state_dict: dict[str, torch.Tensor]
     history: list[dict[str, Any]]
-    strategy: dict[str, Any]
-    rng: dict[str, Any]
-
-
-def rng_state() -> dict[str, Any]:
-    """Return the global RNG states (Python's, NumPy's, torch's) in a torch-loadable form."""
-    numpy_state = np.random.get_state(legacy=False)
-    assert isinstance(numpy_state, dict)
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "bit_generator": numpy_state["bit_generator"],
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back the RNG states `rng_state` returned."""
-    random.setstate(state["python"])
-    numpy = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": numpy["bit_generator"],
-            "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},
-            "has_gauss": numpy["has_gauss"],
-            "gauss": numpy["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
 
 
 def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
@@ -65,8 +32,6 @@ def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
         "server_round": checkpoint.server_round,
         "state_dict": {key: value.detach().cpu() for key, value in checkpoint.state_dict.items()},
         "history": checkpoint.history,
-        "strategy": checkpoint.strategy,
-        "rng": checkpoint.rng,
     }
     try:
         handle, tmp_name = tempfile.mkstemp(dir=output_dir, prefix=f".{path.name}.", suffix=".tmp")
@@ -84,6 +49,8 @@ def load_checkpoint(output_dir: Path) -> Checkpoint:
     path = output_dir / CHECKPOINT_FILE
     try:
         payload = torch.load(path, weights_only=True)
+        for field in _RETIRED_FIELDS:
+            payload.pop(field, None)
         return Checkpoint(**payload)
     except FileNotFoundError as err:
         raise UserError(f"nothing to resume: {path} does not exist") from err

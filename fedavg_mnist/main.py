@@ -100,8 +100,11 @@ def run(cfg: DictConfig) -> None:
     from flwr.simulation import run_simulation
 
     from .client import make_client_app
+    from .polling import install_engine_wakeups
     from .server import make_server_app
 
+    if cfg.fast_polling:
+        install_engine_wakeups()  # before the engine starts (importing the ClientApp may have)
     torch.set_num_threads(cpus)  # the server's evaluation
     run_config = to_run_config(cfg)
     run_simulation(

@@ -1,7 +1,6 @@
 """The server: FedAvg sampling the paper's m clients, centralized evaluation, the `ServerApp`."""
 
 import logging
-import random
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,7 +8,6 @@ from typing import cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -23,9 +21,8 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
-from torch import nn
 
-from .checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .client import (
     NUM_CPUS_KEY,
     NUM_GPUS_KEY,
@@ -44,14 +41,11 @@ from .data import (
     save_partitions,
 )
 from .errors import ClientFailure, RunFailure, UserError
+from .evaluation import EvaluationQueue, TargetReached, evaluate
 from .models import autocast, build_model, num_parameters, place_model, resolve_device
 from .polling import wake_on_messages
 from .results import RunRecorder, load_results, summary_line
 from .run_dir import check_run_dir
-
-
-class TargetReached(Exception):
-    """Raised by the evaluation callback to end a run early at its target."""
 
 
 class PaperFedAvg(FedAvg):
@@ -199,26 +193,12 @@ def discover_partitions(
     return node_of_partition
 
 
-def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
-) -> tuple[float, float]:
-    """Return (mean cross-entropy loss, accuracy) of `model` on the given examples."""
-    model.eval()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
-    with torch.inference_mode():
-        for start in range(0, len(labels), batch_size):
-            logits = model(images[start : start + batch_size])
-            targets = labels[start : start + batch_size]
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-            correct += (logits.argmax(dim=1) == targets).sum()
-    return float(loss_sum) / len(labels), int(correct) / len(labels)
-
-
 def seed_everything(seed: int) -> None:
-    """Seed Python's `random` (Flower's sampling), NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
+    """Seed torch's global RNG, which draws the initial model.
+
+    Every later draw (sampling, shuffling, partitions) comes from a generator derived from
+    the seed and the round, so no global RNG state needs saving in a checkpoint.
+    """
     torch.manual_seed(seed)
 
 
@@ -234,7 +214,7 @@ def start_run(cfg: DictConfig) -> None:
 def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None) -> None:
     """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round.
 
-    The global model, history and RNG state are checkpointed after round 0 and every
+    The global model and history are checkpointed after round 0 and every
     `checkpoint_every` rounds; with `resume`, the run continues after its last checkpoint.
     """
     cfg = run_settings(context, fallback)
@@ -248,10 +228,8 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
     data = load_data(cfg)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
     model = build_model(cfg.model.name, cfg.model.init)
-    strategy_state = {"num_train_nodes": num_sampled_clients(cfg.client_fraction, cfg.num_clients)}
     if cfg.resume:
         checkpoint = load_checkpoint(output_dir)
-        restore_rng_state(checkpoint.rng)
         rounds_done, initial_state = checkpoint.server_round, checkpoint.state_dict
         recorder = RunRecorder(
             cfg, num_parameters(model), checkpoint.history, load_results(output_dir)
@@ -262,11 +240,9 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
     initial_arrays = ArrayRecord(initial_state)
     place_model(model, device)
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        server_round += rounds_done
-        if cfg.resume and server_round == rounds_done:
-            return None  # the checkpoint's model: evaluated and recorded before the stop
-        model.load_state_dict(arrays.to_torch_state_dict())
+    def evaluate_round(server_round: int, state: dict[str, torch.Tensor]) -> bool:
+        """Evaluate, record and checkpoint one round; True if the run stops at it."""
+        model.load_state_dict(state)
         started = time.perf_counter()
         with autocast(cfg.precision, device):
             loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
@@ -274,22 +250,21 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
         reached = cfg.stop_at_target and server_round > 0 and accuracy >= recorder.target
         every = cfg.checkpoint_every
         if reached or server_round in (0, cfg.num_rounds) or (every and server_round % every == 0):
-            state = Checkpoint(
-                server_round,
-                arrays.to_torch_state_dict(),
-                recorder.history,
-                strategy_state,
-                rng_state(),
-            )
-            save_checkpoint(output_dir, state)
+            save_checkpoint(output_dir, Checkpoint(server_round, state, recorder.history))
             recorder.save()
-        if reached:
-            raise TargetReached
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        return reached
+
+    evaluations = EvaluationQueue(evaluate_round)
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round += rounds_done
+        if not (cfg.resume and server_round == rounds_done):  # else evaluated before the stop
+            evaluations.submit(server_round, arrays.to_torch_state_dict())
+        return None
 
     gpus = gpus_per_client(cfg.client_resources.num_gpus, device.type)
     strategy = PaperFedAvg(
-        num_train_nodes=strategy_state["num_train_nodes"],
+        num_train_nodes=num_sampled_clients(cfg.client_fraction, cfg.num_clients),
         node_of_partition=discover_partitions(grid, cfg, gpus),
         seed=cfg.seed,
         rounds_done=rounds_done,
@@ -303,6 +278,7 @@ def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None)
         )
     except TargetReached:
         pass
+    evaluations.finish()
     recorder.document["ray_nodes"] = sorted(strategy.ray_nodes)
     recorder.finish()
     print(summary_line(recorder.document, recorder.path), flush=True)

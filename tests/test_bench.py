@@ -51,11 +51,11 @@ def test_gpu_floor_has_no_per_core_way_and_table_marks_it() -> None:
         "setting": {"name": "cnn_E5_B10"},
         "one_process_all_cores_s": 5.4,
         "one_process_per_core_s": None,
-        "flower_train_s": 1.8,
+        "flower_round_s": 1.8,
         "flower_over_floor": 1.8 / 5.4,
         "flower_eval_s": 0.007,
         "flower_startup_s": 12.1,
     }
     table = format_table({"settings": [row], "fixed_cost": None})
     assert "| cnn_E5_B10 | 5.400 | — | 1.800 | 0.33 | 0.007 | 12.1 |" in table
-    assert "fixed cost" not in table  # a benchmark stopped before its last part
+    assert "smallest" not in table and "beyond" not in table  # stopped before its last part

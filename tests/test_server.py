@@ -16,7 +16,8 @@ from torch import nn
 from fedavg_mnist.client import PARTITION_ID_KEY
 from fedavg_mnist.config import num_sampled_clients
 from fedavg_mnist.errors import ClientFailure, UserError
-from fedavg_mnist.server import PaperFedAvg, check_node, evaluate
+from fedavg_mnist.evaluation import evaluate
+from fedavg_mnist.server import PaperFedAvg, check_node
 
 
 @pytest.fixture(autouse=True)

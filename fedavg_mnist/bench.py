@@ -34,13 +34,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from .client import partition_data, train_local
-from .config import num_sampled_clients, register_schema
-from .data import clear_caches
+from .config import CONF_DIR, num_sampled_clients, register_schema
 from .errors import UserError
 from .models import autocast, build_model, place_model, resolve_device
+from .partitions import clear_caches
 from .results import library_versions, load_results, write_json_atomic
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass(frozen=True)

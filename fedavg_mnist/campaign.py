@@ -105,7 +105,7 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
             row.update(
                 rounds=results.get("completed_rounds", 0),
                 best=results.get("best_accuracy"),
-                to_target=results.get("rounds_to_target"),
+                to_target=results.get("first_round_at_target"),
                 wall_seconds=results.get("wall_seconds"),
             )
         rows.append(row)

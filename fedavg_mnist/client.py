@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .config import run_settings
-from .data import load_data, run_partitions
+from .mnist import load_data
 from .models import autocast, build_model, place_model, resolve_device
+from .partitions import run_partitions
 from .polling import install_if_engine_loaded
 
 PARTITION_ID_KEY = "partition-id"

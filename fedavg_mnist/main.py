@@ -12,8 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config import gpus_per_client, register_schema, to_run_config, validate
-from .data import load_data
 from .errors import ClientFailure, UserError
+from .mnist import load_data
 from .models import bf16_is_slow, resolve_device
 from .overrides import check_overrides
 from .run_dir import check_run_dir

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 IID = "iid"
 NON_IID = "pathological"
 PARTITION_NAMES = {IID: "IID", NON_IID: "non-IID"}
+PARTITIONERS = {"IidPartitioner": IID, "ShardPartitioner": NON_IID}  # flwr-datasets class -> ours
 MODEL_NAMES = {"mlp": "2NN", "cnn": "CNN"}  # config name -> the paper's
 TARGET_ACCURACY = {"mlp": 0.97, "cnn": 0.99}  # test accuracy that rounds to target count to
 
@@ -40,7 +41,8 @@ class PaperTable:
         return next(c for c in self.cells if c.row == row and c.column == column)
 
 
-def _batch_label(batch_size: int | None) -> str:
+def batch_label(batch_size: int | None) -> str:
+    """B as the paper writes it: `∞` for the whole local dataset."""
     return "∞" if batch_size is None else str(batch_size)
 
 
@@ -48,7 +50,7 @@ def _table1(
     model: str, local_epochs: int, paper: dict[float, tuple[int | None, ...]]
 ) -> PaperTable:
     columns = [(p, b) for p in (IID, NON_IID) for b in (None, 10)]
-    column_names = [f"{PARTITION_NAMES[p]}, B={_batch_label(b)}" for p, b in columns]
+    column_names = [f"{PARTITION_NAMES[p]}, B={batch_label(b)}" for p, b in columns]
     cells = tuple(
         Cell(
             row=f"{fraction}",
@@ -63,8 +65,8 @@ def _table1(
         for fraction, rounds in paper.items()
         for index, ((partition, batch), name) in enumerate(zip(columns, column_names, strict=True))
     )
-    target = "97%" if model == "mlp" else "99%"
-    network = "2NN" if model == "mlp" else "CNN"
+    target = f"{TARGET_ACCURACY[model]:.0%}"
+    network = MODEL_NAMES[model]
     return PaperTable(
         name=f"table1_{model}",
         title=f"Table 1, {network} (E={local_epochs}): rounds to {target} by client fraction C",
@@ -83,7 +85,7 @@ def _fedsgd_table(
     cells = []
     for (epochs, batch), rounds in paper.items():
         method = "FedSGD" if (epochs, batch) == (1, None) else "FedAvg"
-        row = f"{method} E={epochs} B={_batch_label(batch)}"
+        row = f"{method} E={epochs} B={batch_label(batch)}"
         rows.append(row)
         for partition, paper_rounds in zip((IID, NON_IID), rounds, strict=True):
             cells.append(

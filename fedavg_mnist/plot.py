@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UserError
-from .report import default_output_dir, find_results
-from .results import load_results, plot_accuracy
+from .figures import plot_accuracy
+from .results import load_results
+from .runs import default_output_dir, find_results
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Run history: per-round records, rounds-to-target, `results.json` and accuracy plots."""
+"""A run's record: per-round history, `results.json` written atomically, the summary line."""
 
 import json
 import os
@@ -10,16 +10,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig
 
 from .config import target_accuracy, to_plain_dict
 from .errors import UserError
+from .figures import plot_accuracy
 from .progress import Progress
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
+from .reading import summarize
 
 RESULTS_FILE = "results.json"
 ROUNDS_FILE = "rounds.jsonl"  # one JSON line per evaluated round, appended durably
@@ -72,44 +71,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def best_so_far(accuracies: Sequence[float]) -> list[float]:
-    """Return the monotone curve the paper reads: best test accuracy up to each round."""
-    curve, best = [], float("-inf")
-    for accuracy in accuracies:
-        best = max(best, accuracy)
-        curve.append(best)
-    return curve
-
-
-def rounds_to_target(
-    rounds: Sequence[int], accuracies: Sequence[float], target: float
-) -> int | None:
-    """First round (>= 1) whose test accuracy reaches `target`, or None if none does."""
-    for server_round, accuracy in zip(rounds, accuracies, strict=True):
-        if server_round >= 1 and accuracy >= target:
-            return server_round
-    return None
-
-
-def summarize(history: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
-    """Best accuracy, its round and rounds-to-target of a list of round records."""
-    trained = [record for record in history if record["round"] >= 1]
-    if not trained:
-        return {"best_accuracy": None, "best_round": None, "rounds_to_target": None}
-    best = max(trained, key=lambda record: record["accuracy"])
-    return {
-        "best_accuracy": best["accuracy"],
-        "best_round": best["round"],
-        "rounds_to_target": rounds_to_target(
-            [r["round"] for r in trained], [r["accuracy"] for r in trained], target
-        ),
-    }
-
-
 def summary_line(results: dict[str, Any], path: Path) -> str:
-    """One line: best accuracy, rounds to target, where the results are."""
-    reached = results["rounds_to_target"]
-    to_target = f"round {reached}" if reached is not None else "not reached"
+    """One line: best accuracy, both readings of rounds to target, where the results are."""
+    first, crossing = results["first_round_at_target"], results["rounds_to_target"]
+    to_target = "not reached"
+    if first is not None:
+        to_target = f"first reached in round {first}, best-so-far crossing at {crossing:.1f}"
     return (
         f"best accuracy {results['best_accuracy']:.4f} (round {results['best_round']}); "
         f"target {results['target_accuracy']:.2%}: {to_target}; "
@@ -203,61 +170,3 @@ class RunRecorder:
 
 def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record) + "\n"
-
-
-PARTITION_LABELS = {"IidPartitioner": "IID", "ShardPartitioner": "non-IID"}
-MODEL_LABELS = {"mlp": "2NN", "cnn": "CNN"}
-
-
-def run_label(document: dict[str, Any]) -> str:
-    """Short legend text for a run: model, partition, C, E, B, η."""
-    cfg = document["config"]
-    partitioner = cfg["partition"]["_target_"].rsplit(".", 1)[-1]
-    partition = PARTITION_LABELS.get(partitioner, partitioner)
-    model = MODEL_LABELS.get(cfg["model"]["name"], cfg["model"]["name"])
-    batch = "∞" if cfg["batch_size"] is None else cfg["batch_size"]
-    return (
-        f"{model} {partition} C={cfg['client_fraction']} "
-        f"E={cfg['local_epochs']} B={batch} η={cfg['lr']:g}"
-    )
-
-
-def draw_accuracy(
-    ax: "Axes",
-    documents: Sequence[dict[str, Any]],
-    log_x: bool = True,
-    labels: Sequence[str] | None = None,
-) -> None:
-    """Draw each run's best-so-far test accuracy against round on `ax`, with the targets."""
-    for index, document in enumerate(documents):
-        trained = [r for r in document["history"] if r["round"] >= 1]
-        rounds = [r["round"] for r in trained]
-        label = labels[index] if labels else run_label(document)
-        ax.plot(rounds, best_so_far([r["accuracy"] for r in trained]), label=label)
-    targets = sorted({float(d["target_accuracy"]) for d in documents})
-    for target in targets:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
-    if log_x:
-        ax.set_xscale("log")
-    lowest = min(targets, default=0.9)
-    ax.set_ylim(max(0.0, lowest - 0.07), 1.0)
-    ax.set_xlabel("communication round")
-    ax.set_ylabel("test accuracy (best so far)")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
-
-
-def plot_accuracy(
-    documents: Sequence[dict[str, Any]], paths: Path | Sequence[Path], log_x: bool = False
-) -> None:
-    """Save the accuracy figure of `documents` to each of `paths` (suffix picks the format)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    draw_accuracy(fig.subplots(), documents, log_x=log_x)
-    fig.tight_layout()
-    try:
-        for path in [paths] if isinstance(paths, Path) else paths:
-            fig.savefig(path, dpi=120)
-    except OSError as err:
-        raise UserError(f"cannot write the plot: {err.strerror or err}") from err

@@ -32,17 +32,17 @@ from .client import (
     reported_partition_id,
 )
 from .config import gpus_per_client, num_sampled_clients, run_settings, validate
-from .data import (
+from .errors import ClientFailure, RunFailure, UserError
+from .evaluation import EvaluationQueue, TargetReached, evaluate
+from .mnist import load_data
+from .models import autocast, build_model, num_parameters, place_model, resolve_device
+from .partitions import (
     PARTITIONS_FILE,
     client_partitions,
-    load_data,
     load_partitions,
     partitions_key,
     save_partitions,
 )
-from .errors import ClientFailure, RunFailure, UserError
-from .evaluation import EvaluationQueue, TargetReached, evaluate
-from .models import autocast, build_model, num_parameters, place_model, resolve_device
 from .polling import wake_on_messages
 from .results import RunRecorder, load_results, summary_line
 from .run_dir import check_run_dir

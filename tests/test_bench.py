@@ -3,7 +3,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fedavg_mnist.bench import Floor, client_tensors, compose_config, compute_floor, format_table
-from fedavg_mnist.data import client_partitions
+from fedavg_mnist.partitions import client_partitions
 
 
 def _config(root: Path, tmp_path: Path) -> DictConfig:

@@ -157,7 +157,7 @@ def test_stop_at_target_ends_the_run_at_the_first_round_reaching_it(
     assert result.returncode == 0, result.stderr
     results = json.loads((run_dir / "results.json").read_text())
     assert results["finished"] is True
-    assert results["rounds_to_target"] == 1
+    assert results["first_round_at_target"] == 1
     assert [r["round"] for r in results["history"]] == [0, 1]
 
 

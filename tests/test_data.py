@@ -10,24 +10,20 @@ from flwr_datasets.partitioner import IidPartitioner, ShardPartitioner
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fedavg_mnist import data
+from fedavg_mnist import mnist as data
 from fedavg_mnist.config import register_schema
-from fedavg_mnist.data import (
-    MNIST_MEAN,
-    MNIST_STD,
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.mnist import MNIST_MEAN, MNIST_STD, ensure_mnist, load_mnist, read_idx
+from fedavg_mnist.partitions import (
     PARTITIONS_FILE,
     client_partitions,
-    ensure_mnist,
-    load_mnist,
     load_partitions,
     make_partitioner,
     partition_indices,
     partitions_key,
-    read_idx,
     run_partitions,
     save_partitions,
 )
-from fedavg_mnist.errors import UserError
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-from fedavg_mnist.report import interpolated_crossing, load_runs, write_report
+from fedavg_mnist.reading import first_round_at_target, rounds_to_target, summarize
+from fedavg_mnist.runs import load_runs
+from fedavg_mnist.tables import write_report
 
 IID = "flwr_datasets.partitioner.IidPartitioner"
 SHARDS = "flwr_datasets.partitioner.ShardPartitioner"
@@ -53,16 +55,26 @@ def fake_run(
     (path / "results.json").write_text(json.dumps(document))
 
 
+def test_the_two_readings_of_rounds_to_target_are_kept_apart() -> None:
+    history = [
+        {"round": r, "accuracy": a} for r, a in enumerate([0.1, 0.9, 0.95, 0.96, 0.98, 0.97])
+    ]
+    summary = summarize(history, 0.97)
+    assert summary["first_round_at_target"] == 4  # a whole round: where stop_at_target stops
+    assert summary["rounds_to_target"] == 3.5  # the paper's interpolated crossing
+    assert (summary["best_accuracy"], summary["best_round"]) == (0.98, 4)
+    assert first_round_at_target([0, 1], [0.99, 0.5], 0.97) is None  # round 0 is not trained
+    assert summarize(history, 0.99)["rounds_to_target"] is None
+
+
 def test_crossing_is_interpolated_on_the_best_so_far_curve() -> None:
-    assert interpolated_crossing([0, 1, 2, 3, 4], [0.1, 0.9, 0.95, 0.96, 0.98], 0.97) == 3.5
+    assert rounds_to_target([0, 1, 2, 3, 4], [0.1, 0.9, 0.95, 0.96, 0.98], 0.97) == 3.5
     # the dip at round 2 does not count: the curve holds 0.968 until round 3
-    assert interpolated_crossing([0, 1, 2, 3], [0.1, 0.968, 0.95, 0.972], 0.97) == pytest.approx(
-        2.5
-    )
-    assert interpolated_crossing([0, 1, 2], [0.1, 0.9, 0.97], 0.97) == 2.0
-    assert interpolated_crossing([0, 1, 2], [0.1, 0.9, 0.96], 0.97) is None
+    assert rounds_to_target([0, 1, 2, 3], [0.1, 0.968, 0.95, 0.972], 0.97) == pytest.approx(2.5)
+    assert rounds_to_target([0, 1, 2], [0.1, 0.9, 0.97], 0.97) == 2.0
+    assert rounds_to_target([0, 1, 2], [0.1, 0.9, 0.96], 0.97) is None
     # rounds evaluated every 5: the crossing lies between them
-    assert interpolated_crossing([0, 5, 10], [0.1, 0.95, 0.99], 0.97) == 7.5
+    assert rounds_to_target([0, 5, 10], [0.1, 0.95, 0.99], 0.97) == 7.5
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""Figures: test accuracy (best so far) against communication round, with the targets."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+from .paper import MODEL_NAMES, PARTITION_NAMES, PARTITIONERS, batch_label
+from .reading import best_so_far
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
+def run_label(document: dict[str, Any]) -> str:
+    """Short legend text for a run: model, partition, C, E, B, η."""
+    cfg = document["config"]
+    partitioner = cfg["partition"]["_target_"].rsplit(".", 1)[-1]
+    partition = PARTITION_NAMES.get(PARTITIONERS.get(partitioner, ""), partitioner)
+    model = MODEL_NAMES.get(cfg["model"]["name"], cfg["model"]["name"])
+    return (
+        f"{model} {partition} C={cfg['client_fraction']} "
+        f"E={cfg['local_epochs']} B={batch_label(cfg['batch_size'])} η={cfg['lr']:g}"
+    )
+
+
+def draw_accuracy(
+    ax: "Axes",
+    documents: Sequence[dict[str, Any]],
+    log_x: bool = True,
+    labels: Sequence[str] | None = None,
+) -> None:
+    """Draw each run's best-so-far test accuracy against round on `ax`, with the targets."""
+    for index, document in enumerate(documents):
+        trained = [r for r in document["history"] if r["round"] >= 1]
+        rounds = [r["round"] for r in trained]
+        label = labels[index] if labels else run_label(document)
+        ax.plot(rounds, best_so_far([r["accuracy"] for r in trained]), label=label)
+    targets = sorted({float(d["target_accuracy"]) for d in documents})
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    if log_x:
+        ax.set_xscale("log")
+    lowest = min(targets, default=0.9)
+    ax.set_ylim(max(0.0, lowest - 0.07), 1.0)
+    ax.set_xlabel("communication round")
+    ax.set_ylabel("test accuracy (best so far)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def plot_accuracy(
+    documents: Sequence[dict[str, Any]], paths: Path | Sequence[Path], log_x: bool = False
+) -> None:
+    """Save the accuracy figure of `documents` to each of `paths` (suffix picks the format)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    draw_accuracy(fig.subplots(), documents, log_x=log_x)
+    fig.tight_layout()
+    try:
+        for path in [paths] if isinstance(paths, Path) else paths:
+            fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise UserError(f"cannot write the plot: {err.strerror or err}") from err

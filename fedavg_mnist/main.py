@@ -26,6 +26,25 @@ register_schema()
 RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
+def ray_system_config() -> dict[str, Any]:
+    """Return the `_system_config` argument for `ray.init`, if this Ray takes one.
+
+    `_system_config` is a private argument Ray takes through `**kwargs` and documents in
+    `ray.init`'s docstring; a Ray whose docstring no longer names it keeps its default
+    prestarting, and one warning says so.
+    """
+    import ray
+
+    if "_system_config" in (ray.init.__doc__ or ""):
+        return {"_system_config": RAY_SYSTEM_CONFIG}
+    print(
+        "warning: this Ray's init takes no _system_config: Ray prestarts its idle workers",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {}
+
+
 def quiet_libraries(verbose: bool) -> dict[str, Any]:
     """Keep Flower's and Ray's logs out of the way unless `verbose`; return Ray's init args."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -68,7 +87,7 @@ def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:
     quiet = quiet_libraries(cfg.verbose)
     if os.environ.get("RAY_ADDRESS"):
         return quiet
-    return {**quiet, "address": "local", "num_cpus": cpus, "_system_config": RAY_SYSTEM_CONFIG}
+    return {**quiet, "address": "local", "num_cpus": cpus, **ray_system_config()}
 
 
 def run(cfg: DictConfig) -> None:

@@ -104,8 +104,10 @@ class PaperFedAvg(FedAvg):
         server_round += self.rounds_done
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        node_ids = [self.node_of_partition[p] for p in self.sample_partitions(server_round)]
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+        return [
+            Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id)
+            for node_id in (self.node_of_partition[p] for p in self.sample_partitions(server_round))
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

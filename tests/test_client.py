@@ -72,10 +72,14 @@ def test_local_training_lowers_the_loss_and_is_reproducible() -> None:
     assert not torch.equal(next(first.parameters()), next(third.parameters()))
 
 
-def test_client_seeds_differ_by_round_and_client() -> None:
+def test_client_seeds_differ_by_round_client_and_run_seed() -> None:
     seeds = {client_seed(0, r, c) for r in range(1, 4) for c in range(5)}
     assert len(seeds) == 15
-    assert client_seed(0, 1, 1) == client_seed(0, 1, 1)
+    assert client_seed(0, 1, 2) != client_seed(0, 2, 1)  # round and client are not swappable
+    assert client_seed(0, 1, 1) != client_seed(1, 1, 1)  # another run seed, other shuffles
+    # the shuffles of local training follow the seed: the same seed, the same epoch order
+    first, second = (torch.Generator().manual_seed(client_seed(3, 7, 9)) for _ in range(2))
+    assert torch.equal(torch.randperm(600, generator=first), torch.randperm(600, generator=second))
 
 
 def test_bf16_autocast_trains_in_bfloat16_and_keeps_fp32_weights() -> None:

@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedavg_mnist.errors import UserError
-from fedavg_mnist.models import Cnn, Mlp, bf16_is_slow, build_model, num_parameters
+from fedavg_mnist.models import Cnn, Mlp, bf16_is_slow, build_model, cpu_flags, num_parameters
 
 
 @pytest.mark.parametrize(("name", "cls", "count"), [("cnn", Cnn, 1_663_370), ("mlp", Mlp, 199_210)])
@@ -33,16 +35,23 @@ def test_truncated_normal_init_is_the_tensorflow_tutorials() -> None:
 
 
 @pytest.mark.parametrize(
-    ("avx512_bf16", "amx", "slow"),
-    [(False, False, True), (True, False, False), (False, True, False)],
+    ("flags", "slow"),
+    [("fpu sse avx2 avx512f", True), ("avx2 avx512f avx512_bf16", False), ("avx2 amx_bf16", False)],
 )
 def test_bf16_is_slow_only_on_cpus_without_bf16_units(
-    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, slow: bool
+    tmp_path: Path, flags: str, slow: bool
 ) -> None:
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert bf16_is_slow(torch.device("cpu")) is slow
-    assert bf16_is_slow(torch.device("cuda")) is False
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert bf16_is_slow(torch.device("cpu"), cpuinfo) is slow
+    assert bf16_is_slow(torch.device("cuda"), cpuinfo) is False
+
+
+def test_unknown_cpu_flags_claim_nothing(tmp_path: Path) -> None:
+    assert cpu_flags(tmp_path / "absent") is None
+    assert bf16_is_slow(torch.device("cpu"), tmp_path / "absent") is False
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\n")  # no flags line (not x86)
+    assert bf16_is_slow(torch.device("cpu"), tmp_path / "cpuinfo") is False
 
 
 def test_cnn_is_conv_relu_pool_as_in_the_paper() -> None:

@@ -17,7 +17,7 @@ from fedavg_mnist.client import PARTITION_ID_KEY
 from fedavg_mnist.config import num_sampled_clients
 from fedavg_mnist.errors import ClientFailure, UserError
 from fedavg_mnist.evaluation import evaluate
-from fedavg_mnist.server import PaperFedAvg, check_node
+from fedavg_mnist.server import PaperFedAvg, check_node, discover_partitions
 
 
 @pytest.fixture(autouse=True)
@@ -141,3 +141,52 @@ def test_a_node_of_another_federation_fails_the_run_at_once() -> None:
         check_node(_node_report(2, 4, **{"num-cpus": 2.0, "num-gpus": 0.0}), cfg, gpus=0.0)
     with pytest.raises(UserError, match='client-resources-num-gpus=0.25"'):
         check_node(_node_report(2, 4, **{"num-cpus": 1.0, "num-gpus": 0.0}), cfg, gpus=0.25)
+
+
+def test_a_client_that_replies_with_an_error_fails_the_round() -> None:
+    from flwr.app import Error
+
+    request = Message(content=RecordDict(), dst_node_id=1003, message_type=MessageType.TRAIN)
+    failed = Message(Error(code=0, reason="CUDA out of memory"), reply_to=request)
+    good = _reply({"w": np.zeros(2, np.float32)}, 10, 0)
+    with pytest.raises(ClientFailure, match="round 4: a client failed: CUDA out of memory"):
+        _strategy(2).aggregate_train(4, [good, failed])
+
+
+class _Federation:
+    """Flower's grid as seen by `discover_partitions`: nodes connecting, QUERY replies."""
+
+    def __init__(self, partitions: dict[int, int], num_partitions: int, arrive: int) -> None:
+        self.partitions, self.num_partitions = partitions, num_partitions
+        self.arrive, self.calls = arrive, 0
+
+    def get_node_ids(self) -> list[int]:
+        self.calls += 1
+        connected = sorted(self.partitions)
+        return connected[: self.arrive * self.calls]  # nodes connect a few at a time
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            node_id = message.metadata.dst_node_id
+            report = ConfigRecord(
+                {"partition-id": self.partitions[node_id], "num-partitions": self.num_partitions}
+            )
+            replies.append(Message(content=RecordDict({"client": report}), reply_to=message))
+        return replies
+
+
+def test_discovery_maps_partitions_to_nodes_as_they_connect() -> None:
+    cfg = OmegaConf.create({"num_clients": 4, "client_resources": {"num_cpus": 1}})
+    federation = _Federation({70 + p: 3 - p for p in range(4)}, 4, arrive=2)
+    assert discover_partitions(federation, cfg, gpus=0.0) == {3: 70, 2: 71, 1: 72, 0: 73}  # type: ignore[arg-type]
+
+
+def test_discovery_fails_at_once_in_the_wrong_federation() -> None:
+    cfg = OmegaConf.create({"num_clients": 4, "client_resources": {"num_cpus": 1}})
+    federation = _Federation({70: 0, 71: 1}, 2, arrive=2)
+    with pytest.raises(UserError, match="of 2, but num_clients .K. is 4"):
+        discover_partitions(federation, cfg, gpus=0.0, timeout=600)  # type: ignore[arg-type]
+    duplicated = _Federation({70: 0, 71: 0, 72: 2, 73: 3}, 4, arrive=4)
+    with pytest.raises(UserError, match="two nodes hold partition 0"):
+        discover_partitions(duplicated, cfg, gpus=0.0)  # type: ignore[arg-type]

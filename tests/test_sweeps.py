@@ -89,3 +89,20 @@ def test_choice_sweep_runs_its_points_side_by_side_with_joblib(
     assert partitions == {"IidPartitioner", "ShardPartitioner"}
     (first_start, first_end), (second_start, second_end) = (_interval(p.parent) for p in points)
     assert max(first_start, second_start) < min(first_end, second_end)  # they overlapped
+
+
+def test_ray_system_config_is_passed_only_to_a_ray_that_takes_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    from fedavg_mnist.main import RAY_SYSTEM_CONFIG, ray_system_config
+
+    assert ray_system_config() == {"_system_config": RAY_SYSTEM_CONFIG}  # Ray 2.55 takes it
+
+    def init_without_it(address: str | None = None, **kwargs: object) -> None:
+        """Start Ray (a Ray that documents no private arguments)."""
+
+    monkeypatch.setattr(ray, "init", init_without_it)
+    assert ray_system_config() == {}  # the fallback: Ray's own default
+    assert "takes no _system_config" in capsys.readouterr().err

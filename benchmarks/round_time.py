@@ -1,6 +1,6 @@
 """Round-time benchmark: Flower's path against the compute floor, evaluation, start-up.
 
-    python -m fedavg_mnist.bench [--rounds 4] [--out bench.json] [--models cnn mlp]
+    python -m benchmarks.round_time [--rounds 4] [--out bench.json] [--models cnn mlp]
                                  [--precision fp32|bf16]
 
 For each model with C=0.1, E=5, B=10 and with FedSGD (E=1, B=∞), in one process:
@@ -33,12 +33,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from .client import partition_data, train_local
-from .config import CONF_DIR, num_sampled_clients, register_schema
-from .errors import UserError
-from .models import autocast, build_model, place_model, resolve_device
-from .partitions import clear_caches
-from .results import library_versions, load_results, write_json_atomic
+from fedavg_mnist.client import partition_data, train_local
+from fedavg_mnist.config import CONF_DIR, num_sampled_clients, register_schema
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.models import autocast, build_model, place_model, resolve_device
+from fedavg_mnist.partitions import clear_caches
+from fedavg_mnist.results import library_versions, load_results, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def compute_floor(cfg: DictConfig, rounds: int) -> Floor:
 
 def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg` through `main`'s Flower simulation; return its per-round figures."""
-    from .main import run
+    from fedavg_mnist.main import run
 
     clear_caches()  # load the data and build the partitions as a fresh `main` does
     launched = time.time()
@@ -245,7 +245,7 @@ SETTINGS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run the benchmark, print the table, write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m fedavg_mnist.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.round_time", description=__doc__)
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds per setting (>= 3)")
     parser.add_argument("--fixed-cost-rounds", type=int, default=60)
     parser.add_argument("--models", nargs="+", choices=sorted(SETTINGS), default=["cnn", "mlp"])
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": machine(),
         "versions": library_versions(),
-        "command": " ".join(["python -m fedavg_mnist.bench", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.round_time", *(argv or sys.argv[1:])]),
         "precision": args.precision,
         "settings": [],
         "fixed_cost": None,

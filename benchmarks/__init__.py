@@ -1,0 +1,1 @@
+"""Benchmarks of the project, run from a checkout: `python -m benchmarks.round_time`."""

@@ -1,6 +1,6 @@
 """Figures: test accuracy (best so far) against communication round, with the targets."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,11 +12,16 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+def partition_name(document: dict[str, Any]) -> str:
+    """Return the run's partition as the paper names it: IID or non-IID."""
+    partitioner = document["config"]["partition"]["_target_"].rsplit(".", 1)[-1]
+    return PARTITION_NAMES.get(PARTITIONERS.get(partitioner, ""), partitioner)
+
+
 def run_label(document: dict[str, Any]) -> str:
     """Short legend text for a run: model, partition, C, E, B, η."""
     cfg = document["config"]
-    partitioner = cfg["partition"]["_target_"].rsplit(".", 1)[-1]
-    partition = PARTITION_NAMES.get(PARTITIONERS.get(partitioner, ""), partitioner)
+    partition = partition_name(document)
     model = MODEL_NAMES.get(cfg["model"]["name"], cfg["model"]["name"])
     return (
         f"{model} {partition} C={cfg['client_fraction']} "
@@ -49,14 +54,34 @@ def draw_accuracy(
     ax.legend(fontsize=8, loc="lower right")
 
 
+def method_label(document: dict[str, Any]) -> str:
+    """Legend text as the paper's Figure 2 has it: FedSGD, or FedAvg with its E and B; η."""
+    cfg = document["config"]
+    epochs, batch = cfg["local_epochs"], cfg["batch_size"]
+    method = "FedSGD" if (epochs, batch) == (1, None) else "FedAvg"
+    return f"{method} E={epochs} B={batch_label(batch)} η={cfg['lr']:g}"
+
+
 def plot_accuracy(
-    documents: Sequence[dict[str, Any]], paths: Path | Sequence[Path], log_x: bool = False
+    documents: Sequence[dict[str, Any]],
+    paths: Path | Sequence[Path],
+    log_x: bool = False,
+    panels: Mapping[str, Sequence[dict[str, Any]]] | None = None,
 ) -> None:
-    """Save the accuracy figure of `documents` to each of `paths` (suffix picks the format)."""
+    """Save the accuracy figure of `documents` to each of `paths` (suffix picks the format).
+
+    With `panels` (title -> runs), one panel each, side by side, as the paper's Figure 2.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
-    draw_accuracy(fig.subplots(), documents, log_x=log_x)
+    if panels:
+        fig = Figure(figsize=(6 * len(panels), 4.5))
+        for ax, (title, runs) in zip(fig.subplots(1, len(panels)), panels.items(), strict=True):
+            draw_accuracy(ax, runs, log_x=log_x, labels=[method_label(run) for run in runs])
+            ax.set_title(title)
+    else:
+        fig = Figure(figsize=(7, 4.5))
+        draw_accuracy(fig.subplots(), documents, log_x=log_x)
     fig.tight_layout()
     try:
         for path in [paths] if isinstance(paths, Path) else paths:

@@ -186,6 +186,30 @@ def test_report_and_plot_commands(fake_sweep: Path, tmp_path: Path) -> None:
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
+def test_figure_2_keeps_the_best_rate_per_method_in_a_panel_per_partition(tmp_path: Path) -> None:
+    from fedavg_mnist.figures import method_label, partition_name
+    from fedavg_mnist.runs import best_runs, load_runs
+
+    runs = tmp_path / "runs"
+    fake_run(runs / "sgd_0.1", [0.1, 0.5, 0.9], batch_size=None, lr=0.1)
+    fake_run(runs / "sgd_0.2", [0.1, 0.9, 0.98], batch_size=None, lr=0.2)  # the best rate
+    fake_run(runs / "avg", [0.1, 0.97], local_epochs=5, batch_size=10, lr=0.1, partition=SHARDS)
+    best = best_runs(load_runs([runs]))
+    kept = {run.path.parent.name for run, _ in best.values()}
+    assert kept == {"sgd_0.2", "avg"}
+    documents = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/results.json")}
+    assert method_label(documents["sgd_0.2"]) == "FedSGD E=1 B=∞ η=0.2"
+    assert method_label(documents["avg"]) == "FedAvg E=5 B=10 η=0.1"
+    assert (partition_name(documents["sgd_0.2"]), partition_name(documents["avg"])) == (
+        "IID",
+        "non-IID",
+    )
+    plot = _module("fedavg_mnist.plot", str(runs), "--best-lr", "--by-partition")
+    assert plot.returncode == 0, plot.stderr
+    assert "2 runs" in plot.stdout
+    assert (runs / "accuracy_curves.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize("name", ["fedavg_mnist.report", "fedavg_mnist.plot"])
 def test_commands_fail_in_one_line(name: str, tmp_path: Path) -> None:
     for args, pattern in (

@@ -128,23 +128,6 @@ def test_same_seed_same_history(synthetic_root: Path, tmp_path: Path) -> None:
     assert json.loads((first / "results.json").read_text())["config"]["batch_size"] is None
 
 
-def test_multirun_sweep_writes_one_directory_per_point(
-    synthetic_root: Path, tmp_path: Path
-) -> None:
-    sweep = tmp_path / "sweep"
-    args = [
-        a
-        for a in _tiny(synthetic_root, tmp_path / "unused")
-        if not a.startswith(("local_epochs", "hydra.run"))
-    ]
-    result = run_cli("-m", *args, "local_epochs=1,2", "num_rounds=1", f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr
-    epochs = sorted(
-        json.loads(p.read_text())["config"]["local_epochs"] for p in sweep.glob("*/results.json")
-    )
-    assert epochs == [1, 2]
-
-
 def test_stop_at_target_ends_the_run_at_the_first_round_reaching_it(
     synthetic_root: Path, tmp_path: Path
 ) -> None:

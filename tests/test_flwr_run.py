@@ -57,17 +57,35 @@ def _history(run_dir: Path) -> list[tuple[int, float, float]]:
     return [(r["round"], r["accuracy"], r["loss"]) for r in document["history"]]
 
 
-def test_flwr_run_gives_the_hydra_clis_run(
+def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
     flower: FlowerHome, data_root: Path, tmp_path: Path
 ) -> None:
-    """Same settings, both launchers: the same history; results where the log says."""
+    """Same settings, both launchers: the same history, results where the log says; a bad
+    setting, results in the way, the wrong federation: a failed run, one line each.
+
+    (The check of the clients' Ray resources, the other half of the federation, is
+    `test_server.py`'s.) The runs are submitted at once: Flower runs them side by side.
+    """
     tracked_before = _tracked_changes()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.json").write_text('{"keep": true}')
+    failing: list[tuple[dict[str, object], str, str]] = [
+        ({"lr": -1.0}, SIMULATION, "error: invalid config: lr must be > 0"),
+        ({"output_dir": str(taken)}, SIMULATION, "results.json already exists"),
+        ({}, "num-supernodes=2 client-resources-num-cpus=1", "of 2, but num_clients (K) is 4"),
+    ]
+    run_id = flower.submit({**TINY, "dataset.root": str(data_root)}, SIMULATION)
+    failed_ids = [
+        flower.submit({**TINY, "dataset.root": str(data_root), **settings}, federation)
+        for settings, federation, _ in failing
+    ]
     hydra_dir = tmp_path / "hydra"
     assert run_cli(*tiny_overrides(data_root, hydra_dir)).returncode == 0
+    statuses = flower.wait([run_id, *failed_ids])
 
-    run_id = flower.submit({**TINY, "dataset.root": str(data_root)}, SIMULATION)
-    status, log = flower.wait([run_id])[run_id], flower.log(run_id, until="best accuracy")
-    assert status == "finished:completed", log
+    log = flower.log(run_id, until="best accuracy")
+    assert statuses[run_id] == "finished:completed", log
     run_dir = flower.home / "fedavg-mnist" / "outputs" / str(run_id)  # the documented default
     assert f"results: {run_dir}\n" in log  # printed at the start
     assert f"results: {run_dir / 'results.json'}" in log  # and in the summary at the end
@@ -75,39 +93,17 @@ def test_flwr_run_gives_the_hydra_clis_run(
     for round_number in (0, 1, 2):
         assert f"round {round_number:4d}  accuracy" in log
     assert "Traceback" not in log
-    assert _tracked_changes() == tracked_before  # `flwr` rewrote no file of the repo
 
-
-def test_flwr_run_fails_bad_input_in_one_line(
-    flower: FlowerHome, data_root: Path, tmp_path: Path
-) -> None:
-    """A bad setting, results in the way, the wrong federation: a failed run, one line each.
-
-    (The check of the clients' Ray resources, the other half of the federation, is
-    `test_server.py`'s.)
-    """
-    taken = tmp_path / "taken"
-    taken.mkdir()
-    (taken / "results.json").write_text('{"keep": true}')
-    cases: list[tuple[dict[str, object], str, str]] = [
-        ({"lr": -1.0}, SIMULATION, "error: invalid config: lr must be > 0"),
-        ({"output_dir": str(taken)}, SIMULATION, "results.json already exists"),
-        ({}, "num-supernodes=2 client-resources-num-cpus=1", "of 2, but num_clients (K) is 4"),
-    ]
-    run_ids = [  # submitted at once: Flower runs them side by side
-        flower.submit({**TINY, "dataset.root": str(data_root), **settings}, federation)
-        for settings, federation, _ in cases
-    ]
-    statuses = flower.wait(run_ids)
-    for run_id, (_, _, message) in zip(run_ids, cases, strict=True):
-        log = flower.log(run_id, until="error: ")
-        assert statuses[run_id] == "finished:failed", log
+    for failed_id, (_, _, message) in zip(failed_ids, failing, strict=True):
+        log = flower.log(failed_id, until="error: ")
+        assert statuses[failed_id] == "finished:failed", log
         lines = ANSI_COLOUR.sub("", log).splitlines()
         errors = [line for line in lines if ONE_LINE_ERROR.search(line)]
         assert len(errors) == 1 and message in errors[0], log
         assert "Traceback" not in log, log
     assert (taken / "results.json").read_text() == '{"keep": true}'
     assert "--federation-config" in errors[0]  # the fix is named
+    assert _tracked_changes() == tracked_before  # `flwr` rewrote no file of the repo
 
 
 def test_the_app_bundle_holds_code_not_results(tmp_path: Path) -> None:

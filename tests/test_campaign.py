@@ -1,0 +1,82 @@
+"""The queue of long runs: each cell run once, a stopped one resumed, a failure stops it."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import PROJECT_ROOT
+
+
+def _queue(tmp_path: Path, root: Path, cells: dict[str, list[str]]) -> Path:
+    common = [
+        "model=mlp",
+        "num_clients=4",
+        "client_fraction=0.5",
+        "local_epochs=1",
+        "batch_size=10",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        "dataset.verify_checksums=false",
+        "checkpoint_every=1",
+    ]
+    spec = {
+        "runs_dir": str(tmp_path / "runs"),
+        "common": common,
+        "cells": [{"name": name, "overrides": overrides} for name, overrides in cells.items()],
+    }
+    path = tmp_path / "queue.yaml"
+    path.write_text(json.dumps(spec))  # YAML reads JSON
+    return path
+
+
+def _campaign(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedavg_mnist.campaign", *args]
+
+
+def _rounds(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "rounds.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    slow = ["num_rounds=10", "local_epochs=5", "batch_size=1"]  # a second or so a round
+    queue = _queue(tmp_path, synthetic_root, {"short": ["num_rounds=2"], "long": slow})
+    runs = tmp_path / "runs"
+    running = subprocess.Popen(_campaign("run", str(queue)), cwd=PROJECT_ROOT)
+    deadline = time.monotonic() + 300
+    while _rounds(runs / "long") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop = subprocess.run(_campaign("stop", str(queue)), cwd=PROJECT_ROOT, timeout=120)
+    assert stop.returncode == 0 and running.wait(60) == 0
+    status = subprocess.run(
+        _campaign("status", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout
+    assert "| short | done | 2 |" in status and "| long | started |" in status
+    assert not (runs / "short" / "checkpoint.pt").exists()  # done: the results are kept
+    assert not (runs / "campaign.lock").exists()
+
+    again = subprocess.run(
+        _campaign("run", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stdout
+    assert "long:" in again.stdout and "short:" not in again.stdout  # done cells are skipped
+    document = json.loads((runs / "long" / "results.json").read_text())
+    assert document["finished"] and document["resumed_after_rounds"]
+    assert [r["round"] for r in document["history"]] == list(range(11))
+    assert "| long | done | 10 |" in (runs / "STATUS.md").read_text()
+
+
+def test_a_failing_cell_stops_the_queue(synthetic_root: Path, tmp_path: Path) -> None:
+    queue = _queue(tmp_path, synthetic_root, {"bad": ["lr=-1"], "next": ["num_rounds=1"]})
+    result = subprocess.run(
+        _campaign("run", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "bad: exit status 2; the queue stops here" in result.stdout
+    assert "| next | left | 0 |" in (tmp_path / "runs" / "STATUS.md").read_text()

@@ -25,6 +25,7 @@ from .mnist import load_data
 from .models import autocast, build_model, place_model, resolve_device
 from .partitions import run_partitions
 from .polling import install_if_engine_loaded
+from .ray_setup import keep_engine_ray_local
 
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
@@ -158,4 +159,6 @@ def make_client_app(run_config: UserConfig | None = None) -> ClientApp:
 
 
 app = make_client_app()
-install_if_engine_loaded()  # the process runs Flower's simulation engine: wake it on messages
+# In a process that runs Flower's simulation engine (imported before the engine starts):
+install_if_engine_loaded()  # wake the engine on messages
+keep_engine_ray_local()  # a Ray of the run's own unless RAY_ADDRESS names a cluster

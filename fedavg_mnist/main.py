@@ -16,33 +16,10 @@ from .errors import ClientFailure, UserError
 from .mnist import load_data
 from .models import bf16_is_slow, resolve_device
 from .overrides import check_overrides
+from .ray_setup import local_ray_args
 from .run_dir import check_run_dir
 
 register_schema()
-
-# Ray prestarts one idle worker per CPU when the driver connects, but Flower gives its
-# actors a runtime environment (PYTHONPATH), so they start workers of their own and the
-# prestarted ones only compete with them for the CPU during start-up.
-RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
-
-
-def ray_system_config() -> dict[str, Any]:
-    """Return the `_system_config` argument for `ray.init`, if this Ray takes one.
-
-    `_system_config` is a private argument Ray takes through `**kwargs` and documents in
-    `ray.init`'s docstring; a Ray whose docstring no longer names it keeps its default
-    prestarting, and one warning says so.
-    """
-    import ray
-
-    if "_system_config" in (ray.init.__doc__ or ""):
-        return {"_system_config": RAY_SYSTEM_CONFIG}
-    print(
-        "warning: this Ray's init takes no _system_config: Ray prestarts its idle workers",
-        file=sys.stderr,
-        flush=True,
-    )
-    return {}
 
 
 def quiet_libraries(verbose: bool) -> dict[str, Any]:
@@ -84,10 +61,7 @@ def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:
     system config and CPU count); without it, it starts a Ray of its own with `cpus` CPUs,
     even when a cluster started with `ray start` runs on the machine.
     """
-    quiet = quiet_libraries(cfg.verbose)
-    if os.environ.get("RAY_ADDRESS"):
-        return quiet
-    return {**quiet, "address": "local", "num_cpus": cpus, **ray_system_config()}
+    return {**quiet_libraries(cfg.verbose), **local_ray_args(cpus)}
 
 
 def run(cfg: DictConfig) -> None:

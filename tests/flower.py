@@ -116,7 +116,7 @@ class FlowerHome:
             int(run["run-id"]): str(run["status"]) for run in json.loads(listing.stdout)["runs"]
         }
 
-    def wait(self, run_ids: list[int], timeout: float = 600) -> dict[int, str]:
+    def wait(self, run_ids: list[int], timeout: float = 240) -> dict[int, str]:
         """Wait until the runs have finished; return their statuses."""
         deadline = time.monotonic() + timeout
         while True:

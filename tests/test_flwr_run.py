@@ -64,7 +64,8 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
     setting, results in the way, the wrong federation: a failed run, one line each.
 
     (The check of the clients' Ray resources, the other half of the federation, is
-    `test_server.py`'s.) The runs are submitted at once: Flower runs them side by side.
+    `test_server.py`'s.) Each run is waited for before the next is submitted: Flower starts
+    every submitted run at once, each with a Ray of its own, which two cores cannot carry.
     """
     tracked_before = _tracked_changes()
     taken = tmp_path / "taken"
@@ -75,14 +76,14 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
         ({"output_dir": str(taken)}, SIMULATION, "results.json already exists"),
         ({}, "num-supernodes=2 client-resources-num-cpus=1", "of 2, but num_clients (K) is 4"),
     ]
-    run_id = flower.submit({**TINY, "dataset.root": str(data_root)}, SIMULATION)
-    failed_ids = [
-        flower.submit({**TINY, "dataset.root": str(data_root), **settings}, federation)
-        for settings, federation, _ in failing
-    ]
     hydra_dir = tmp_path / "hydra"
     assert run_cli(*tiny_overrides(data_root, hydra_dir)).returncode == 0
-    statuses = flower.wait([run_id, *failed_ids])
+    run_id = flower.submit({**TINY, "dataset.root": str(data_root)}, SIMULATION)
+    statuses = flower.wait([run_id])
+    for settings, federation, _ in failing:
+        failed_id = flower.submit({**TINY, "dataset.root": str(data_root), **settings}, federation)
+        statuses |= flower.wait([failed_id])
+    failed_ids = list(statuses)[1:]
 
     log = flower.log(run_id, until="best accuracy")
     assert statuses[run_id] == "finished:completed", log

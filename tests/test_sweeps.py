@@ -96,7 +96,7 @@ def test_ray_system_config_is_passed_only_to_a_ray_that_takes_it(
 ) -> None:
     import ray
 
-    from fedavg_mnist.main import RAY_SYSTEM_CONFIG, ray_system_config
+    from fedavg_mnist.ray_setup import RAY_SYSTEM_CONFIG, ray_system_config
 
     assert ray_system_config() == {"_system_config": RAY_SYSTEM_CONFIG}  # Ray 2.55 takes it
 

@@ -76,7 +76,8 @@ def plot_accuracy(
 
     if panels:
         fig = Figure(figsize=(6 * len(panels), 4.5))
-        for ax, (title, runs) in zip(fig.subplots(1, len(panels)), panels.items(), strict=True):
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]  # an array also for one panel
+        for ax, (title, runs) in zip(axes, panels.items(), strict=True):
             draw_accuracy(ax, runs, log_x=log_x, labels=[method_label(run) for run in runs])
             ax.set_title(title)
     else:

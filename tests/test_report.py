@@ -210,6 +210,15 @@ def test_figure_2_keeps_the_best_rate_per_method_in_a_panel_per_partition(tmp_pa
     assert (runs / "accuracy_curves.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_figure_2_of_one_partition_has_one_panel(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    fake_run(runs / "sgd", [0.1, 0.5, 0.9], batch_size=None, lr=0.1)
+    fake_run(runs / "avg", [0.1, 0.97], local_epochs=5, batch_size=10, lr=0.1)
+    plot = _module("fedavg_mnist.plot", str(runs), "--best-lr", "--by-partition")
+    assert plot.returncode == 0, plot.stderr
+    assert "2 runs" in plot.stdout
+
+
 @pytest.mark.parametrize("name", ["fedavg_mnist.report", "fedavg_mnist.plot"])
 def test_commands_fail_in_one_line(name: str, tmp_path: Path) -> None:
     for args, pattern in (

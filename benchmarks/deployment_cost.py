@@ -41,8 +41,9 @@ def timed(command: list[str]) -> float:
     """Run `command` (failing loudly if it fails) and return its wall time in seconds."""
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(command[:3])} failed:\n{result.stdout}\n{result.stderr}")
+    if result.returncode != 0:  # the command's own one-line reason
+        reason = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+        sys.exit(f"error: {command[2]} failed: {reason.removeprefix('error: ')}")
     return time.perf_counter() - started
 
 

@@ -13,7 +13,6 @@ wall time, and that both histories are the same. Needs MNIST (`--data-root`, def
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.round_time import machine
 from fedavg_mnist.results import library_versions, load_results, write_json_atomic
 
 
@@ -85,8 +85,7 @@ def main() -> None:
         )  # fmt: skip
         deployment, simulation = round_figures(deployed), round_figures(simulated)
     figures = {
-        "machine": platform.processor() or platform.machine(),
-        "cpus": len(os.sched_getaffinity(0)),
+        "machine": machine(),
         "versions": library_versions(),
         "settings": experiment,
         "deployment": {**deployment, "command_seconds": deployment_wall},

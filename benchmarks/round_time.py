@@ -282,10 +282,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cpu_model() -> str:
+    """Return the CPU's model name (`/proc/cpuinfo`), or the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
-    """Describe where the figures were measured: cores, platform and GPU (None without one)."""
+    """Describe where the figures were measured: CPU, cores, platform and GPU (None without)."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu}
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "gpu": gpu,
+    }
 
 
 def _seconds(value: float | None) -> str:

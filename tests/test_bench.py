@@ -58,3 +58,22 @@ def test_gpu_floor_has_no_per_core_way_and_table_marks_it() -> None:
     table = format_table({"settings": [row], "fixed_cost": None})
     assert "| cnn_E5_B10 | 5.400 | — | 1.800 | 0.33 | 0.007 | 12.1 |" in table
     assert "smallest" not in table and "beyond" not in table  # stopped before its last part
+
+
+def test_deployment_cost_reads_rounds_after_round_0_and_splits_off_evaluation(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.deployment_cost import round_figures
+    from fedavg_mnist.results import write_json_atomic
+
+    history = [
+        {"round": 0, "accuracy": 0.1, "seconds": 50.0, "eval_seconds": 1.0},  # start-up
+        {"round": 1, "accuracy": 0.8, "seconds": 3.0, "eval_seconds": 1.0},
+        {"round": 2, "accuracy": 0.9, "seconds": 5.0, "eval_seconds": 0.5},
+        {"round": 3, "accuracy": 0.9, "seconds": 4.0, "eval_seconds": 1.0},
+    ]
+    write_json_atomic(tmp_path / "results.json", {"history": history})
+    figures = round_figures(tmp_path)
+    assert figures["round_seconds"] == 4.0  # median of 3, 5, 4: round 0 left out
+    assert figures["train_seconds"] == 3.0  # median of 2, 4.5, 3
+    assert figures["history"] == [(0, 0.1), (1, 0.8), (2, 0.9), (3, 0.9)]

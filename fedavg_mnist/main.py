@@ -55,12 +55,7 @@ def cpu_share(jobs: int) -> int:
 
 
 def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:
-    """Ray's init arguments, quiet unless `verbose`.
-
-    With Ray's `RAY_ADDRESS` set, the run joins that cluster (which refuses a driver's
-    system config and CPU count); without it, it starts a Ray of its own with `cpus` CPUs,
-    even when a cluster started with `ray start` runs on the machine.
-    """
+    """Ray's init arguments: quiet unless `verbose`, on the run's Ray (`local_ray_args`)."""
     return {**quiet_libraries(cfg.verbose), **local_ray_args(cpus)}
 
 

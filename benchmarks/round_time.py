@@ -33,9 +33,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fedavg_mnist.client import partition_data, train_local
+from fedavg_mnist.client import partition_data
 from fedavg_mnist.config import CONF_DIR, num_sampled_clients, register_schema
 from fedavg_mnist.errors import UserError
+from fedavg_mnist.local_training import train_local
 from fedavg_mnist.models import autocast, build_model, place_model, resolve_device
 from fedavg_mnist.partitions import clear_caches
 from fedavg_mnist.results import library_versions, load_results, write_json_atomic

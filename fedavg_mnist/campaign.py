@@ -1,20 +1,25 @@
 """A queue of long runs that outlives any stop: each cell resumes from its checkpoint.
 
-    python -m fedavg_mnist.campaign run conf/campaign/cnn.yaml [--nice 19]
+    python -m fedavg_mnist.campaign run conf/campaign/cnn.yaml [--nice 19] [--jobs 4]
+                                    [--time-limit 480] [--cells 'table2_cnn/pathological_*']
     python -m fedavg_mnist.campaign status conf/campaign/cnn.yaml
     python -m fedavg_mnist.campaign stop conf/campaign/cnn.yaml
 
 The queue file names cells (a run directory and the CLI's overrides for it). `run` goes
-through them in order, one at a time, each through the project's CLI in its own process
-group: a cell with a `checkpoint.pt` and an unfinished `results.json` continues with
-`resume=true`, a finished one is skipped. The queue's state is read from the run
-directories themselves (done, started, left), so committing them keeps it in the repo;
-`status` writes it to `STATUS.md` beside the runs. `stop` (or Ctrl-C, or SIGTERM) ends the
-running cell and the queue at once; the cell loses at most the rounds since its last
-checkpoint (the queue's cells checkpoint every round).
+through them in order, each through the project's CLI in its own process group: a cell
+with a `checkpoint.pt` and an unfinished `results.json` continues with `resume=true`, a
+finished one is skipped. `--jobs N` keeps N cells running at once (a GPU with many cores
+has room for several runs; each cell's output then goes to `campaign.log` in its run
+directory), `--cells` takes the cells matching the patterns, in the patterns' order, and
+`--time-limit` stops the queue after that many seconds (a lease on a machine that ends).
+The queue's state is read from the run directories themselves (done, started, left), so
+committing them keeps it in the repo; `status` writes it to `STATUS.md` beside the runs.
+`stop` (or Ctrl-C, or SIGTERM) ends the running cells and the queue at once; a cell loses
+at most the rounds since its last checkpoint (the queue's cells checkpoint every round).
 """
 
 import argparse
+import fnmatch
 import os
 import signal
 import subprocess
@@ -31,8 +36,11 @@ from .checkpoint import CHECKPOINT_FILE
 from .errors import UserError
 from .results import RESULTS_FILE, load_results, write_text_atomic
 
-LOCK_FILE = "campaign.lock"  # in the runs directory: the pid running the queue, and its cell
+LOCK_FILE = "campaign.lock"  # in the runs directory: the pid running the queue, and its cells
 STATUS_FILE = "STATUS.md"
+CELL_LOG = "campaign.log"  # a cell's output, in its run directory, when cells run at once
+POLL_S = 0.5
+STAGGER_S = 10.0  # between the starts of cells running at once
 DONE, STARTED, LEFT, RUNNING = "done", "started", "left", "running"
 STOP_GRACE_S = 10.0
 
@@ -79,25 +87,38 @@ def cell_state(run_dir: Path) -> str:
     return STARTED if (run_dir / CHECKPOINT_FILE).is_file() else LEFT
 
 
-def running_cell(queue: Queue) -> tuple[int, str] | None:
-    """Return (pid, cell name) of the live process running this queue, if any."""
+def select_cells(queue: Queue, patterns: Sequence[str]) -> list[Cell]:
+    """Return the cells matching `patterns` (shell-style), in the patterns' order; all if none."""
+    if not patterns:
+        return list(queue.cells)
+    selected: list[Cell] = []
+    for pattern in patterns:
+        matches = [c for c in queue.cells if fnmatch.fnmatchcase(c.name, pattern)]
+        if not matches:
+            raise UserError(f"no cell of the queue matches {pattern!r}")
+        selected += [cell for cell in matches if cell not in selected]
+    return selected
+
+
+def running_cells(queue: Queue) -> tuple[int, list[str]] | None:
+    """Return (pid, names of its running cells) of the live process running this queue."""
     try:
-        pid_text, name = (queue.runs_dir / LOCK_FILE).read_text().split(maxsplit=1)
+        pid_text, *names = (queue.runs_dir / LOCK_FILE).read_text().split()
         pid = int(pid_text)
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid, name.strip()
+    return pid, names
 
 
 def status_rows(queue: Queue) -> list[dict[str, Any]]:
     """One row per cell: its state, rounds done and best accuracy so far."""
-    running = running_cell(queue)
+    running = running_cells(queue)
     rows = []
     for cell in queue.cells:
         run_dir = queue.run_dir(cell)
         state = cell_state(run_dir)
-        if running and running[1] == cell.name:
+        if running and cell.name in running[1]:
             state = RUNNING
         row: dict[str, Any] = {"cell": cell.name, "state": state, "rounds": 0, "best": None}
         if (run_dir / RESULTS_FILE).is_file():
@@ -168,43 +189,97 @@ def _raise_stopped(signum: int, frame: object) -> None:
     raise _Stopped
 
 
-def run_queue(queue: Queue, niceness: int = 0, log: Any = sys.stdout) -> int:
-    """Run every cell not done, in order, until one fails; return 1 if one did, else 0."""
-    if running := running_cell(queue):
-        raise UserError(f"the queue is already running (pid {running[0]}, {running[1]})")
+def _start(
+    queue: Queue, cell: Cell, niceness: int, log: Any, own_log: bool
+) -> subprocess.Popen[bytes]:
+    command = cell_command(queue, cell)
+    print(f"[{time.strftime('%H:%M:%S')}] {cell.name}: {' '.join(command[3:])}", file=log)
+    log.flush()
+    output = log
+    if own_log:  # cells at once: each writes its own log
+        queue.run_dir(cell).mkdir(parents=True, exist_ok=True)
+        output = open(queue.run_dir(cell) / CELL_LOG, "ab")  # noqa: SIM115 (the child keeps it)
+    try:
+        return subprocess.Popen(
+            command,
+            start_new_session=True,
+            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if output is not log:
+            output.close()
+
+
+def _finish(queue: Queue, cell: Cell, code: int, log: Any, keep_going: bool) -> bool:
+    """Tidy a cell that ended; return whether it failed."""
+    if code == 0 and cell_state(queue.run_dir(cell)) == DONE:
+        # the results are what is kept; a checkpoint is only for a cell to resume
+        (queue.run_dir(cell) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if code != 0:  # a cell that fails needs a look before the queue goes on
+        then = "the queue goes on (--keep-going)" if keep_going else "the queue stops here"
+        print(f"{cell.name}: exit status {code}; {then}", file=log)
+        log.flush()
+    return code != 0
+
+
+def run_queue(
+    queue: Queue,
+    niceness: int = 0,
+    log: Any = sys.stdout,
+    jobs: int = 1,
+    time_limit_s: float | None = None,
+    patterns: Sequence[str] = (),
+    keep_going: bool = False,
+) -> int:
+    """Run the cells not done, in order, `jobs` at a time, until one fails or time is up.
+
+    Returns the number of cells that failed; after a failure no new cell starts (unless
+    `keep_going`) and the running ones finish.
+    """
+    if other := running_cells(queue):
+        raise UserError(f"the queue is already running (pid {other[0]}, {' '.join(other[1])})")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, not {jobs}")
+    pending = [
+        cell for cell in select_cells(queue, patterns) if cell_state(queue.run_dir(cell)) != DONE
+    ]
     queue.runs_dir.mkdir(parents=True, exist_ok=True)
     lock = queue.runs_dir / LOCK_FILE
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
-    failures = 0
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    running: dict[Cell, subprocess.Popen[bytes]] = {}
+    failures, last_start = 0, float("-inf")
     try:
-        for cell in queue.cells:
-            if cell_state(queue.run_dir(cell)) == DONE:
-                continue
-            write_text_atomic(lock, f"{os.getpid()} {cell.name}\n")
-            command = cell_command(queue, cell)
-            print(f"[{time.strftime('%H:%M:%S')}] {cell.name}: {' '.join(command[3:])}", file=log)
-            log.flush()
-            process = subprocess.Popen(
-                command,
-                start_new_session=True,
-                preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                code = process.wait()
-            finally:
-                stop_group(process)
-            if code == 0 and cell_state(queue.run_dir(cell)) == DONE:
-                # the results are what is kept; a checkpoint is only for a cell to resume
-                (queue.run_dir(cell) / CHECKPOINT_FILE).unlink(missing_ok=True)
-            if code != 0:  # a cell that fails needs a look before the queue goes on
-                failures += 1
-                print(f"{cell.name}: exit status {code}; the queue stops here", file=log)
+        while pending or running:
+            while pending and len(running) < jobs and (keep_going or not failures):
+                cell = pending.pop(0)
+                if cell_state(queue.run_dir(cell)) == DONE:  # finished elsewhere meanwhile
+                    continue
+                if running:  # Rays starting at the same moment can time out: one at a time
+                    time.sleep(max(0.0, last_start + STAGGER_S - time.monotonic()))
+                last_start = time.monotonic()
+                running[cell] = _start(queue, cell, niceness, log, own_log=jobs > 1)
+                names = " ".join(c.name for c in running)
+                write_text_atomic(lock, f"{os.getpid()} {names}\n")
+            if not running:
                 break
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"time limit of {time_limit_s:g} s reached: the running cells stop", file=log)
+                break
+            time.sleep(POLL_S if jobs > 1 or deadline is not None else 0)
+            for cell, process in list(running.items()):
+                code = process.wait() if jobs == 1 and deadline is None else process.poll()
+                if code is not None:
+                    stop_group(process)  # whatever the CLI left in its group
+                    del running[cell]
+                    failures += _finish(queue, cell, code, log, keep_going)
     except _Stopped:
         print("stopped: resume with the same `run` command", file=log)
     finally:
+        for process in running.values():
+            stop_group(process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         lock.unlink(missing_ok=True)
@@ -214,14 +289,14 @@ def run_queue(queue: Queue, niceness: int = 0, log: Any = sys.stdout) -> int:
 
 def stop_queue(queue: Queue, timeout: float = 60.0) -> bool:
     """Ask the process running the queue to stop; return once it has (True) or not."""
-    running = running_cell(queue)
+    running = running_cells(queue)
     if running is None:
         return True
     os.kill(running[0], signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running_cell(queue) and time.monotonic() < deadline:
+    while running_cells(queue) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return running_cell(queue) is None
+    return running_cells(queue) is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,11 +305,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("action", choices=("run", "status", "stop"))
     parser.add_argument("queue", type=Path, help="queue file, e.g. conf/campaign/cnn.yaml")
     parser.add_argument("--nice", type=int, default=0, help="run the cells at this niceness")
+    parser.add_argument("--jobs", type=int, default=1, help="cells running at once")
+    parser.add_argument(
+        "--time-limit", type=float, default=None, help="stop the queue after this many seconds"
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true", help="start the next cells after one fails"
+    )
+    parser.add_argument(
+        "--cells", nargs="+", default=(), metavar="PATTERN", help="run only these cells, in order"
+    )
     args = parser.parse_args(argv)
     try:
         queue = load_queue(args.queue)
         if args.action == "run":
-            return 1 if run_queue(queue, args.nice) else 0
+            failures = run_queue(
+                queue,
+                args.nice,
+                sys.stdout,
+                args.jobs,
+                args.time_limit,
+                args.cells,
+                args.keep_going,
+            )
+            return 1 if failures else 0
         if args.action == "stop":
             if not stop_queue(queue):
                 raise UserError("the queue did not stop within 60 s")

@@ -1,4 +1,4 @@
-"""Local training: E epochs of plain minibatch SGD, and the Flower `ClientApp` around it."""
+"""The Flower `ClientApp`: a client trains the global model on its partition and replies."""
 
 import sys
 from functools import lru_cache
@@ -6,7 +6,6 @@ from typing import cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -21,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .config import run_settings
+from .local_training import train_local, train_local_graphed
 from .mnist import load_data
 from .models import autocast, build_model, place_model, resolve_device
 from .partitions import run_partitions
@@ -30,41 +30,6 @@ from .ray_setup import keep_engine_ray_local
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 NUM_CPUS_KEY, NUM_GPUS_KEY, RAY_NODE_KEY = "num-cpus", "num-gpus", "ray-node"
-
-
-def train_local(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    epochs: int,
-    batch_size: int | None,
-    lr: float,
-    generator: torch.Generator | None = None,
-) -> float:
-    """Run `epochs` (E) of SGD with minibatch `batch_size` (B; None = all) at rate `lr`.
-
-    The local data is reshuffled each epoch with `generator`; returns the mean
-    minibatch loss over all local steps.
-    """
-    num_examples = len(labels)
-    step = num_examples if batch_size is None else min(batch_size, num_examples)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
-    loss_sum = torch.zeros((), device=images.device)
-    num_steps = 0
-    for _ in range(epochs):
-        order = torch.randperm(num_examples, generator=generator).to(images.device)
-        epoch_images, epoch_labels = images[order], labels[order]
-        for start in range(0, num_examples, step):
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(
-                model(epoch_images[start : start + step]), epoch_labels[start : start + step]
-            )
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            num_steps += 1
-    return float(loss_sum) / num_steps
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -123,10 +88,10 @@ def train(msg: Message, context: Context, fallback: UserConfig | None = None) ->
     model = _model(cfg.model.name, str(images.device))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
+    graphed = cfg.cuda_graphs and images.device.type == "cuda"
+    trainer = train_local_graphed if graphed else train_local
     with autocast(cfg.precision, images.device):
-        loss = train_local(
-            model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator
-        )
+        loss = trainer(model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator)
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

@@ -71,6 +71,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def machine_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """Describe the machine this session of a run trains on: CPU model, cores, CUDA's GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    except OSError:
+        pass
+    import torch  # here, so that reading results needs no torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
+
+
 def summary_line(results: dict[str, Any], path: Path) -> str:
     """One line: best accuracy, both readings of rounds to target, where the results are."""
     first, crossing = results["first_round_at_target"], results["rounds_to_target"]
@@ -109,6 +123,7 @@ class RunRecorder:
             "schema_version": SCHEMA_VERSION,
             "config": to_plain_dict(cfg),
             "versions": library_versions(),
+            "machines": [machine_description()],  # one per session that ran rounds
             "command": " ".join(sys.argv),
             "num_parameters": num_parameters,
             "target_accuracy": self.target,
@@ -120,6 +135,10 @@ class RunRecorder:
             self.document["started_at"] = previous.get("started_at")
             resumed = [*previous.get("resumed_after_rounds", []), len(self.history) - 1]
             self.document["resumed_after_rounds"] = resumed
+            machines = previous.get("machines", [])
+            self.document["machines"] = machines + [
+                m for m in self.document["machines"] if m not in machines
+            ]
         write_text_atomic(self.rounds_path, "".join(_json_line(r) for r in self.history))
         self._last_mark = time.perf_counter()
         self._last_save = float("-inf")

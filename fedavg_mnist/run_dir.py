@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = (
     "stop_at_target",
     "checkpoint_every",
     "device",
+    "cuda_graphs",
     "client_resources",
     "fast_polling",
     "verbose",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from conftest import PROJECT_ROOT
 
+from fedavg_mnist.results import machine_description
+
 
 def _queue(tmp_path: Path, root: Path, cells: dict[str, list[str]]) -> Path:
     common = [
@@ -46,7 +48,8 @@ def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     slow = ["num_rounds=10", "local_epochs=5", "batch_size=1"]  # a second or so a round
-    queue = _queue(tmp_path, synthetic_root, {"short": ["num_rounds=2"], "long": slow})
+    cells = {"short": ["num_rounds=2"], "long": slow, "other": ["num_rounds=3"]}
+    queue = _queue(tmp_path, synthetic_root, cells)
     runs = tmp_path / "runs"
     running = subprocess.Popen(_campaign("run", str(queue)), cwd=PROJECT_ROOT)
     deadline = time.monotonic() + 300
@@ -58,18 +61,59 @@ def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
         _campaign("status", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
     ).stdout
     assert "| short | done | 2 |" in status and "| long | started |" in status
+    assert "| other | left | 0 |" in status
     assert not (runs / "short" / "checkpoint.pt").exists()  # done: the results are kept
     assert not (runs / "campaign.lock").exists()
 
+    # Again, two cells at once, chosen by pattern: `long` resumes beside `other`.
     again = subprocess.run(
-        _campaign("run", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
+        _campaign("run", str(queue), "--jobs", "2", "--cells", "o*", "long", "short"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert again.returncode == 0, again.stdout
-    assert "long:" in again.stdout and "short:" not in again.stdout  # done cells are skipped
+    assert "short:" not in again.stdout  # done cells are skipped
+    assert again.stdout.index("other:") < again.stdout.index("long:")  # the patterns' order
     document = json.loads((runs / "long" / "results.json").read_text())
     assert document["finished"] and document["resumed_after_rounds"]
+    assert document["machines"] == [machine_description()]  # one machine for both sessions
     assert [r["round"] for r in document["history"]] == list(range(11))
-    assert "| long | done | 10 |" in (runs / "STATUS.md").read_text()
+    assert "resume=true" in (runs / "long" / "campaign.log").read_text()  # each cell its log
+    status_file = (runs / "STATUS.md").read_text()
+    assert "| long | done | 10 |" in status_file and "| other | done | 3 |" in status_file
+
+
+def test_a_time_limit_stops_the_queue_with_its_cell_resumable(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    slow = ["num_rounds=1000", "local_epochs=5", "batch_size=1"]
+    queue = _queue(tmp_path, synthetic_root, {"endless": slow})
+    started = time.monotonic()
+    result = subprocess.run(
+        _campaign("run", str(queue), "--time-limit", "20"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout
+    assert "time limit of 20 s reached" in result.stdout
+    assert time.monotonic() - started < 60
+    assert "| endless | started |" in (tmp_path / "runs" / "STATUS.md").read_text()
+    assert (tmp_path / "runs" / "endless" / "checkpoint.pt").is_file()
+
+
+def test_a_pattern_that_matches_no_cell_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
+    queue = _queue(tmp_path, synthetic_root, {"only": ["num_rounds=1"]})
+    result = subprocess.run(
+        _campaign("run", str(queue), "--cells", "nothing*"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no cell of the queue matches 'nothing*'"
 
 
 def test_a_failing_cell_stops_the_queue(synthetic_root: Path, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedavg_mnist.client import client_seed, train_local
+from fedavg_mnist.client import client_seed
+from fedavg_mnist.local_training import train_local
 from fedavg_mnist.models import autocast
 
 

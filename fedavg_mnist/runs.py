@@ -36,6 +36,17 @@ class Setting:
     init: str = "pytorch"  # initial weights (`model.init`)
 
 
+UNRECORDED_MACHINE = "2-core CPU (not recorded)"  # runs from before results named machines
+
+
+def machine_text(machines: list[dict[str, Any]] | None) -> str:
+    """Name the machines a run's sessions ran on: the GPU, else the CPU and its cores."""
+    if not machines:
+        return UNRECORDED_MACHINE
+    names = [m.get("gpu") or f"{m.get('cpu')} ({m.get('cores')} cores)" for m in machines]
+    return " + ".join(dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class Run:
     """One saved run, reduced to what the tables need."""
@@ -50,6 +61,7 @@ class Run:
     completed_rounds: int
     num_rounds: int
     wall_seconds: float
+    machine: str = UNRECORDED_MACHINE  # where its rounds ran, as `results.json` records it
 
     @classmethod
     def from_document(cls, path: Path, document: dict[str, Any]) -> "Run":
@@ -95,6 +107,7 @@ class Run:
             completed_rounds=completed,
             num_rounds=num_rounds,
             wall_seconds=float(document.get("wall_seconds", 0.0)),
+            machine=machine_text(document.get("machines")),
         )
 
 

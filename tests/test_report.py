@@ -32,6 +32,7 @@ def fake_run(
     finished: bool = True,
     normalize: bool = True,
     init: str | None = None,
+    machines: list[dict[str, object]] | None = None,
 ) -> None:
     """Write a results.json whose round r (from 0) has test accuracy accuracies[r]."""
     path.mkdir(parents=True)
@@ -51,6 +52,7 @@ def fake_run(
         "finished": finished,
         "wall_seconds": 12.5,
         "history": [{"round": r, "accuracy": a, "loss": 1.0 - a} for r, a in enumerate(accuracies)],
+        **({"machines": machines} if machines else {}),
     }
     (path / "results.json").write_text(json.dumps(document))
 
@@ -81,7 +83,10 @@ def test_crossing_is_interpolated_on_the_best_so_far_curve() -> None:
 def fake_sweep(tmp_path: Path) -> Path:
     sweep = tmp_path / "multirun"
     fake_run(sweep / "0", [0.1, 0.9, 0.95, 0.96, 0.98], client_fraction=0.0)  # 3.5 rounds
-    fake_run(sweep / "1", [0.1, 0.96, 0.98], lr=0.1)  # 1.5 rounds: the best η of C=0.1
+    cpu: dict[str, object] = {"cpu": "AMD EPYC", "cores": 2, "gpu": None}
+    gpu: dict[str, object] = {"cpu": "Xeon", "gpu": "H200"}
+    # 1.5 rounds: the best η of C=0.1; begun on a CPU, resumed on a GPU
+    fake_run(sweep / "1", [0.1, 0.96, 0.98], lr=0.1, machines=[cpu, gpu])
     fake_run(sweep / "2", [0.1, 0.9, 0.97], lr=0.2)  # 2.0 rounds
     fake_run(sweep / "3", [0.1, 0.968, 0.95, 0.972], client_fraction=0.2)  # 2.5 rounds
     fake_run(sweep / "4", [0.1, 0.5], client_fraction=0.5, num_rounds=100, finished=False)
@@ -153,10 +158,14 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "#### Table 1, 2NN (E=1)" in markdown and "#### Table 4, 2NN (C=0.1)" in markdown
     every_cell = markdown[markdown.index("### Every run cell") :]
     rows = [
-        "| IID, B=10, C=0.0 | 3.5 | 316 | 0.01 | 0.1 | 4 | 0.2 min | reached |",
-        "| IID, B=10, C=0.1 | 1.5 (2.3×) | 87 (3.6×) | 0.02 | 0.1 | 2 | 0.2 min | reached |",
-        "| IID, B=10, C=0.5 | — | 75 (4.2×) |  | 0.1 | 1 | 0.2 min | unfinished |",
-        "| IID, FedAvg E=1 B=10 | 1.5 | 92 (16.0×) | 0.02 | 0.1 | 2 | 0.2 min | reached |",
+        "| IID, B=10, C=0.0 | 3.5 | 316 | 0.01 | 0.1 | 4 | 0.2 min | 2-core CPU (not recorded) "
+        "| reached |",
+        "| IID, B=10, C=0.1 | 1.5 (2.3×) | 87 (3.6×) | 0.02 | 0.1 | 2 | 0.2 min "
+        "| AMD EPYC (2 cores) + H200 | reached |",
+        "| IID, B=10, C=0.5 | — | 75 (4.2×) |  | 0.1 | 1 | 0.2 min | 2-core CPU (not recorded) "
+        "| unfinished |",
+        "| IID, FedAvg E=1 B=10 | 1.5 | 92 (16.0×) | 0.02 | 0.1 | 2 | 0.2 min "
+        "| AMD EPYC (2 cores) + H200 | reached |",
     ]
     for row in rows:
         assert row in every_cell

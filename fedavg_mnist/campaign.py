@@ -212,6 +212,11 @@ def _start(
             output.close()
 
 
+def _write_lock(lock: Path, running: dict[Cell, Any]) -> None:
+    """Say which process runs the queue, and its cells, in the runs directory."""
+    write_text_atomic(lock, " ".join([str(os.getpid()), *(cell.name for cell in running)]) + "\n")
+
+
 def _finish(queue: Queue, cell: Cell, code: int, log: Any, keep_going: bool) -> bool:
     """Tidy a cell that ended; return whether it failed."""
     if code == 0 and cell_state(queue.run_dir(cell)) == DONE:
@@ -261,19 +266,18 @@ def run_queue(
                     time.sleep(max(0.0, last_start + STAGGER_S - time.monotonic()))
                 last_start = time.monotonic()
                 running[cell] = _start(queue, cell, niceness, log, own_log=jobs > 1)
-                names = " ".join(c.name for c in running)
-                write_text_atomic(lock, f"{os.getpid()} {names}\n")
+                _write_lock(lock, running)
             if not running:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 print(f"time limit of {time_limit_s:g} s reached: the running cells stop", file=log)
                 break
-            time.sleep(POLL_S if jobs > 1 or deadline is not None else 0)
+            time.sleep(POLL_S)
             for cell, process in list(running.items()):
-                code = process.wait() if jobs == 1 and deadline is None else process.poll()
-                if code is not None:
+                if (code := process.poll()) is not None:
                     stop_group(process)  # whatever the CLI left in its group
                     del running[cell]
+                    _write_lock(lock, running)
                     failures += _finish(queue, cell, code, log, keep_going)
     except _Stopped:
         print("stopped: resume with the same `run` command", file=log)

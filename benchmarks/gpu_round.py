@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,13 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.round_time import ClientTensors, client_tensors, compose_config
-from fedavg_mnist.local_training import GraphedEpoch, train_local, train_local_graphed
+from fedavg_mnist.local_training import (
+    GraphedEpoch,
+    Trainer,
+    local_trainer,
+    train_local,
+    train_local_graphed,
+)
 from fedavg_mnist.models import build_model, place_model
 from fedavg_mnist.results import library_versions, machine_description, write_json_atomic
 
@@ -38,16 +43,11 @@ SETTINGS = {
     "cnn_fedsgd": ["local_epochs=1", "batch_size=null"],
 }
 PROCESSES = (4, 10)  # 1: the graphed floor
-Trainer = Callable[..., float]
 
 
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def _device_trainer(device: str) -> Trainer:
-    return train_local_graphed if device == "cuda" else train_local
 
 
 def _round(
@@ -96,7 +96,7 @@ def _worker(cfg_yaml: str, partition_ids: list[int], rounds: int, barrier: Any, 
     torch.set_num_threads(1)
     clients = {i: c for i, c in client_tensors(cfg).items() if i in partition_ids}
     model = place_model(build_model(cfg.model.name), cfg.device)
-    trainer = _device_trainer(cfg.device)
+    trainer = local_trainer(torch.device(cfg.device), cuda_graphs=True)
     _round(cfg, dict(list(clients.items())[:1]), model, trainer)  # warm-up (and capture)
     for _ in range(rounds):
         barrier.wait()

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .config import run_settings
-from .local_training import train_local, train_local_graphed
+from .local_training import local_trainer
 from .mnist import load_data
 from .models import autocast, build_model, place_model, resolve_device
 from .partitions import run_partitions
@@ -88,8 +88,7 @@ def train(msg: Message, context: Context, fallback: UserConfig | None = None) ->
     model = _model(cfg.model.name, str(images.device))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
-    graphed = cfg.cuda_graphs and images.device.type == "cuda"
-    trainer = train_local_graphed if graphed else train_local
+    trainer = local_trainer(images.device, cfg.cuda_graphs)
     with autocast(cfg.precision, images.device):
         loss = trainer(model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator)
     content = RecordDict(

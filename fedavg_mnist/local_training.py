@@ -8,6 +8,7 @@ run the same `sgd_epoch` over the same permutations, so they make the same updat
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -159,3 +160,11 @@ def train_local_graphed(
             _graphs.pop(next(iter(_graphs)))
         _graphs[key] = GraphedEpoch(model, images, batch_size, lr)
     return _graphs[key].train(images, labels, epochs, generator)
+
+
+Trainer = Callable[..., float]  # `train_local`'s signature, which both trainers share
+
+
+def local_trainer(device: torch.device, cuda_graphs: bool) -> Trainer:
+    """Return the trainer for data on `device`: graphed on CUDA when `cuda_graphs`."""
+    return train_local_graphed if cuda_graphs and device.type == "cuda" else train_local

@@ -4,11 +4,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: the status of a
+    import torch  # queue or a run directory needs only the file's name
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Saved by earlier versions and never needed: every draw after initialisation comes from a
@@ -21,12 +22,14 @@ class Checkpoint:
     """Everything a run needs to continue after `server_round` exactly as if never stopped."""
 
     server_round: int
-    state_dict: dict[str, torch.Tensor]
+    state_dict: "dict[str, torch.Tensor]"
     history: list[dict[str, Any]]
 
 
 def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
     """Write `checkpoint.pt` so that a reader finds the previous checkpoint or this one."""
+    import torch
+
     path = output_dir / CHECKPOINT_FILE
     payload = {
         "server_round": checkpoint.server_round,
@@ -46,6 +49,8 @@ def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
 
 def load_checkpoint(output_dir: Path) -> Checkpoint:
     """Read `checkpoint.pt` from a run directory."""
+    import torch
+
     path = output_dir / CHECKPOINT_FILE
     try:
         payload = torch.load(path, weights_only=True)

@@ -10,10 +10,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
-from .models import INITS, MODEL_CLASSES
-from .paper import TARGET_ACCURACY
+from .paper import MODEL_NAMES, TARGET_ACCURACY
 
-MODELS = tuple(MODEL_CLASSES)
+# The config's words, checked without importing torch, so bad input is told in a moment.
+MODELS = tuple(sorted(MODEL_NAMES))
+INITS = ("pytorch", "truncated_normal")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 # `run_config` values cannot be None: these stand for null there (B=0 for B=∞, a GPU share

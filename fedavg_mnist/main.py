@@ -13,8 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import gpus_per_client, register_schema, to_run_config, validate
 from .errors import ClientFailure, UserError
-from .mnist import load_data
-from .models import bf16_is_slow, resolve_device
 from .overrides import check_overrides
 from .ray_setup import local_ray_args
 from .run_dir import check_run_dir
@@ -60,15 +58,32 @@ def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> None:
-    """Check the config and the run directory, then launch the Flower simulation.
+    """Check the config, run directory, data and partitions, then launch the simulation.
 
     The `ServerApp` checks them again, as it does under `flwr run`; checking here first ends
-    bad input in one line before Ray starts.
+    bad input in one line before Ray starts, and the config and run directory before torch
+    is even imported.
     """
     cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     validate(cfg)
     check_run_dir(cfg)
+
+    jobs = parallel_jobs()
+    cpus = cpu_share(jobs)
+    if jobs > 1 and cfg.client_resources.num_cpus > cpus:
+        cfg.client_resources.num_cpus = cpus  # a parallel sweep point stays within its share
+    init_args = ray_init_args(cfg, cpus)  # quiets the libraries before `datasets` logs
+
+    import torch
+    from flwr.simulation import run_simulation
+
+    from .client import make_client_app
+    from .mnist import load_data
+    from .models import bf16_is_slow, resolve_device
+    from .polling import install_engine_wakeups
+    from .server import make_server_app, start_run
+
     device = resolve_device(cfg.device)
     if cfg.precision == "bf16" and bf16_is_slow(device):
         print(
@@ -77,20 +92,8 @@ def run(cfg: DictConfig) -> None:
             file=sys.stderr,
             flush=True,
         )
-    jobs = parallel_jobs()
-    cpus = cpu_share(jobs)
-    if jobs > 1 and cfg.client_resources.num_cpus > cpus:
-        cfg.client_resources.num_cpus = cpus  # a parallel sweep point stays within its share
-    init_args = ray_init_args(cfg, cpus)  # quiets the libraries before `datasets` logs
     load_data(cfg)
-
-    import torch
-    from flwr.simulation import run_simulation
-
-    from .client import make_client_app
-    from .polling import install_engine_wakeups
-    from .server import make_server_app
-
+    start_run(cfg)  # the partitions drawn (or read back) and saved
     if cfg.fast_polling:
         install_engine_wakeups()  # before the engine starts (importing the ClientApp may have)
     torch.set_num_threads(cpus)  # the server's evaluation

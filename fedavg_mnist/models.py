@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import INITS
 from .errors import UserError
 
 
@@ -56,9 +57,6 @@ class Cnn(nn.Module):
 
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"cnn": Cnn, "mlp": Mlp}
-
-
-INITS = ("pytorch", "truncated_normal")
 
 
 def build_model(name: str, init: str = "pytorch") -> nn.Module:

@@ -1,9 +1,11 @@
 """Fixtures: small IDX files written the way MNIST's are, and helpers to run the CLI."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,11 +96,30 @@ def tiny_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class TinyRun:
+    """One real 2-round CLI run (`tiny_overrides`) on synthetic data, and what it printed."""
+
+    data_root: Path
+    run_dir: Path
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of one real 2-round CLI run on synthetic data."""
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The tiny run, made once: the history that the other launchers, a second run of the same
+    seed and a resumed run must give again. Read-only: a test that changes it copies it.
+    """
     base = tmp_path_factory.mktemp("tiny")
-    run_dir = base / "run"
-    result = run_cli(*tiny_overrides(write_synthetic_mnist(base / "data"), run_dir))
+    data_root, run_dir = write_synthetic_mnist(base / "data"), base / "run"
+    result = run_cli(*tiny_overrides(data_root, run_dir))
     assert result.returncode == 0, result.stderr
-    return run_dir
+    return TinyRun(data_root, run_dir, result.stdout, result.stderr)
+
+
+def finished_history(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(round, accuracy, loss) of a finished run's `results.json`."""
+    document = json.loads((run_dir / "results.json").read_text())
+    assert document["finished"] is True
+    return [(r["round"], r["accuracy"], r["loss"]) for r in document["history"]]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, tiny_overrides
+from conftest import TinyRun, finished_history, run_cli, tiny_overrides
 
 
 def _tiny(root: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -86,10 +86,8 @@ def test_existing_results_are_not_overwritten(synthetic_root: Path, tmp_path: Pa
     assert not (run_dir / ".hydra").exists()
 
 
-def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run_cli(*_tiny(synthetic_root, run_dir))
-    assert result.returncode == 0, result.stderr
+def test_two_rounds_end_to_end_write_valid_results(tiny_run: TinyRun) -> None:
+    run_dir = tiny_run.run_dir
     results = json.loads((run_dir / "results.json").read_text())
     assert results["finished"] is True
     assert [r["round"] for r in results["history"]] == [0, 1, 2]
@@ -110,22 +108,19 @@ def test_two_rounds_end_to_end_write_valid_results(synthetic_root: Path, tmp_pat
         assert saved["offsets"].tolist() == [0, 100, 200, 300, 400]
         assert sorted(saved["indices"].tolist()) == list(range(400))
     for round_number in (0, 1, 2):
-        assert f"round {round_number:4d}  accuracy" in result.stdout
-    assert "best accuracy" in result.stdout and str(run_dir / "results.json") in result.stdout
-    assert "Traceback" not in result.stderr
+        assert f"round {round_number:4d}  accuracy" in tiny_run.stdout
+    assert "best accuracy" in tiny_run.stdout
+    assert str(run_dir / "results.json") in tiny_run.stdout
+    assert "Traceback" not in tiny_run.stderr
 
 
-def test_same_seed_same_history(synthetic_root: Path, tmp_path: Path) -> None:
-    """Twice the same config and seed, once with Flower's own polling: the same history."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    for run_dir, polling in ((first, "true"), (second, "false")):
-        overrides = _tiny(synthetic_root, run_dir, "batch_size=null", "local_epochs=2")
-        assert run_cli(*overrides, f"fast_polling={polling}").returncode == 0
-    histories = [json.loads((d / "results.json").read_text())["history"] for d in (first, second)]
-    assert [(r["accuracy"], r["loss"]) for r in histories[0]] == [
-        (r["accuracy"], r["loss"]) for r in histories[1]
-    ]
-    assert json.loads((first / "results.json").read_text())["config"]["batch_size"] is None
+def test_same_seed_same_history(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """The tiny run again, with Flower's own polling instead of ours: the same history."""
+    again = tmp_path / "again"
+    assert run_cli(*_tiny(tiny_run.data_root, again, "fast_polling=false")).returncode == 0
+    first = json.loads((tiny_run.run_dir / "results.json").read_text())
+    assert first["config"]["fast_polling"] is True
+    assert finished_history(again) == finished_history(tiny_run.run_dir)
 
 
 def test_stop_at_target_ends_the_run_at_the_first_round_reaching_it(

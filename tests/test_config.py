@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -106,3 +108,15 @@ def test_gpu_share_is_automatic_on_cuda_only() -> None:
     assert gpus_per_client(None, "cuda") == 0.25  # four simulated clients share one GPU
     assert gpus_per_client(None, "cpu") == 0.0
     assert gpus_per_client(0.5, "cuda") == 0.5
+
+
+def test_checking_input_and_reading_results_import_no_torch() -> None:
+    """Bad input is told, and results reported, without the seconds torch takes to import."""
+    code = (
+        "import sys, fedavg_mnist.main, fedavg_mnist.report, fedavg_mnist.plot, "
+        "fedavg_mnist.campaign; print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "False", result.stderr

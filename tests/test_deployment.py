@@ -1,6 +1,5 @@
 """A real SuperLink and SuperNodes on loopback, with TLS and SuperNode authentication."""
 
-import json
 import os
 import re
 import signal
@@ -10,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_cli, tiny_overrides
+from conftest import PROJECT_ROOT, TinyRun, finished_history
 from flower import free_port, kill_sessions, processes_in_sessions, sessions_of
 
 from fedavg_mnist.certificates import make_supernode_key
@@ -66,13 +65,10 @@ def _left_behind(port: int) -> list[int]:
 
 
 def test_deployment_gives_the_simulations_history_and_lets_only_its_supernodes_in(
-    synthetic_root: Path, tmp_path: Path, request: pytest.FixtureRequest
+    tiny_run: TinyRun, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    simulated = tmp_path / "simulated"
-    assert run_cli(*tiny_overrides(synthetic_root, simulated)).returncode == 0
-
     deployed = tmp_path / "deployed"
-    process = _deploy(synthetic_root, deployed, rounds=2)
+    process = _deploy(tiny_run.data_root, deployed, rounds=2)
     request.addfinalizer(lambda: _stop(process))
     seen: list[str] = []
     port = int(_read_until(process, r"SuperLink on 127.0.0.1:(\d+), TLS", seen).group(1))
@@ -99,12 +95,7 @@ def test_deployment_gives_the_simulations_history_and_lets_only_its_supernodes_i
     output = "".join(seen) + process.communicate(timeout=900)[0]
     assert process.returncode == 0, output
     assert f"results: {deployed / 'results.json'}" in output
-    history = [
-        json.loads((d / "results.json").read_text())["history"] for d in (simulated, deployed)
-    ]
-    assert [(r["round"], r["accuracy"], r["loss"]) for r in history[1]] == [
-        (r["round"], r["accuracy"], r["loss"]) for r in history[0]
-    ]
+    assert finished_history(deployed) == finished_history(tiny_run.run_dir)  # the simulation's
     assert not _left_behind(port)
     assert not list((deployed / "deployment").glob("supernode_*[!b]"))  # private keys deleted
 

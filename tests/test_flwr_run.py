@@ -1,6 +1,5 @@
 """`flwr run .` as a new user runs it: the same run as the Hydra CLI, the same guarantees."""
 
-import json
 import re
 import subprocess
 import zipfile
@@ -8,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_cli, tiny_overrides, write_synthetic_mnist
+from conftest import PROJECT_ROOT, TinyRun, finished_history
 from flower import FlowerHome
 
 # The tiny run of `tiny_overrides`, in `--run-config`'s keys (Hydra's overrides' keys).
@@ -46,19 +45,8 @@ def flower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowerHome]:
         home.stop()
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_mnist(tmp_path_factory.mktemp("flwr-data") / "data")
-
-
-def _history(run_dir: Path) -> list[tuple[int, float, float]]:
-    document = json.loads((run_dir / "results.json").read_text())
-    assert document["finished"] is True
-    return [(r["round"], r["accuracy"], r["loss"]) for r in document["history"]]
-
-
 def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
-    flower: FlowerHome, data_root: Path, tmp_path: Path
+    flower: FlowerHome, tiny_run: TinyRun, tmp_path: Path
 ) -> None:
     """Same settings, both launchers: the same history, results where the log says; a bad
     setting, results in the way, the wrong federation: a failed run, one line each.
@@ -76,8 +64,7 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
         ({"output_dir": str(taken)}, SIMULATION, "results.json already exists"),
         ({}, "num-supernodes=2 client-resources-num-cpus=1", "of 2, but num_clients (K) is 4"),
     ]
-    hydra_dir = tmp_path / "hydra"
-    assert run_cli(*tiny_overrides(data_root, hydra_dir)).returncode == 0
+    data_root = tiny_run.data_root
     run_id = flower.submit({**TINY, "dataset.root": str(data_root)}, SIMULATION)
     statuses = flower.wait([run_id])
     for settings, federation, _ in failing:
@@ -90,7 +77,7 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
     run_dir = flower.home / "fedavg-mnist" / "outputs" / str(run_id)  # the documented default
     assert f"results: {run_dir}\n" in log  # printed at the start
     assert f"results: {run_dir / 'results.json'}" in log  # and in the summary at the end
-    assert _history(run_dir) == _history(hydra_dir)
+    assert finished_history(run_dir) == finished_history(tiny_run.run_dir)
     for round_number in (0, 1, 2):
         assert f"round {round_number:4d}  accuracy" in log
     assert "Traceback" not in log

@@ -5,8 +5,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedavg_mnist.config import MODELS
 from fedavg_mnist.errors import UserError
-from fedavg_mnist.models import Cnn, Mlp, bf16_is_slow, build_model, cpu_flags, num_parameters
+from fedavg_mnist.models import (
+    MODEL_CLASSES,
+    Cnn,
+    Mlp,
+    bf16_is_slow,
+    build_model,
+    cpu_flags,
+    num_parameters,
+)
 
 
 @pytest.mark.parametrize(("name", "cls", "count"), [("cnn", Cnn, 1_663_370), ("mlp", Mlp, 199_210)])
@@ -15,6 +24,10 @@ def test_parameter_counts_match_the_paper(name: str, cls: type, count: int) -> N
     assert isinstance(model, cls)
     assert num_parameters(model) == count
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_the_config_accepts_exactly_the_models_there_are() -> None:
+    assert sorted(MODEL_CLASSES) == list(MODELS)  # the config checks names without torch
 
 
 def test_unknown_model_is_a_user_error() -> None:

@@ -1,16 +1,15 @@
 """`docs/plots.ipynb` executed on the results of a real tiny run, so it never rots."""
 
 import os
-from pathlib import Path
 
 import nbformat
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, TinyRun
 from nbclient import NotebookClient
 
 
-def test_plots_notebook_runs_on_saved_results(tiny_run: Path, monkeypatch) -> None:
+def test_plots_notebook_runs_on_saved_results(tiny_run: TinyRun, monkeypatch) -> None:
     notebook = nbformat.read(PROJECT_ROOT / "docs" / "plots.ipynb", as_version=4)
-    monkeypatch.setenv("FEDAVG_RESULTS", str(tiny_run))
+    monkeypatch.setenv("FEDAVG_RESULTS", str(tiny_run.run_dir))
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
     )

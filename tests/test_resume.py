@@ -2,19 +2,14 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import PROJECT_ROOT, run_cli, tiny_overrides
-
-
-def _history(run_dir: Path) -> list[tuple[int, float, float]]:
-    document = json.loads((run_dir / "results.json").read_text())
-    assert document["finished"] is True
-    return [(r["round"], r["accuracy"], r["loss"]) for r in document["history"]]
+from conftest import PROJECT_ROOT, TinyRun, finished_history, run_cli, tiny_overrides
 
 
 def _rounds_logged(run_dir: Path) -> int:
@@ -53,16 +48,16 @@ def test_killed_run_resumes_to_the_same_history(synthetic_root: Path, tmp_path: 
 
     resumed = run_cli(*tiny_overrides(synthetic_root, killed, *settings, "resume=true"))
     assert resumed.returncode == 0, resumed.stderr
-    history = _history(killed)
+    history = finished_history(killed)
     assert [r[0] for r in history] == list(range(41))  # no round lost or repeated
-    assert history == _history(reference)
+    assert history == finished_history(reference)
     assert _rounds_logged(killed) == 41
     assert json.loads((killed / "results.json").read_text())["resumed_after_rounds"]
 
 
-def test_resume_refuses_other_settings_and_finished_runs(synthetic_root: Path, tmp_path: Path):
-    run_dir = tmp_path / "run"
-    assert run_cli(*tiny_overrides(synthetic_root, run_dir)).returncode == 0
+def test_resume_refuses_other_settings_and_finished_runs(tiny_run: TinyRun, tmp_path: Path):
+    run_dir, synthetic_root = tmp_path / "run", tiny_run.data_root
+    shutil.copytree(tiny_run.run_dir, run_dir)  # a finished run, moved: it resumes where it is
     for extra, pattern in (
         (["lr=0.05"], "cannot resume"),
         ([], "nothing to resume"),
@@ -76,4 +71,4 @@ def test_resume_refuses_other_settings_and_finished_runs(synthetic_root: Path, t
     # a finished run can be continued for more rounds
     longer = run_cli(*tiny_overrides(synthetic_root, run_dir, "num_rounds=4", "resume=true"))
     assert longer.returncode == 0, longer.stderr
-    assert [r[0] for r in _history(run_dir)] == [0, 1, 2, 3, 4]
+    assert [r[0] for r in finished_history(run_dir)] == [0, 1, 2, 3, 4]

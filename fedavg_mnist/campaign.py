@@ -16,6 +16,8 @@ The queue's state is read from the run directories themselves (done, started, le
 committing them keeps it in the repo; `status` writes it to `STATUS.md` beside the runs.
 `stop` (or Ctrl-C, or SIGTERM) ends the running cells and the queue at once; a cell loses
 at most the rounds since its last checkpoint (the queue's cells checkpoint every round).
+A cell whose simulation fails before logging a round is started once more before the queue
+counts it as failed: on a busy machine Ray can time out starting.
 """
 
 import argparse
@@ -34,7 +36,7 @@ from omegaconf import OmegaConf
 
 from .checkpoint import CHECKPOINT_FILE
 from .errors import UserError
-from .results import RESULTS_FILE, load_results, write_text_atomic
+from .results import RESULTS_FILE, ROUNDS_FILE, load_results, write_text_atomic
 
 LOCK_FILE = "campaign.lock"  # in the runs directory: the pid running the queue, and its cells
 STATUS_FILE = "STATUS.md"
@@ -43,6 +45,7 @@ POLL_S = 0.5
 STAGGER_S = 10.0  # between the starts of cells running at once
 DONE, STARTED, LEFT, RUNNING = "done", "started", "left", "running"
 STOP_GRACE_S = 10.0
+SIMULATION_FAILED = 1  # the CLI's exit status when Flower or Ray fail (2: bad input)
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,15 @@ def _start(
             output.close()
 
 
+def rounds_logged(run_dir: Path) -> int:
+    """Count the rounds a cell's run has logged, over all its starts."""
+    try:
+        with open(run_dir / ROUNDS_FILE, "rb") as stream:
+            return sum(1 for _ in stream)
+    except FileNotFoundError:
+        return 0
+
+
 def _write_lock(lock: Path, running: dict[Cell, Any]) -> None:
     """Say which process runs the queue, and its cells, in the runs directory."""
     write_text_atomic(lock, " ".join([str(os.getpid()), *(cell.name for cell in running)]) + "\n")
@@ -255,6 +267,8 @@ def run_queue(
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     running: dict[Cell, subprocess.Popen[bytes]] = {}
+    rounds_before: dict[Cell, int] = {}  # each running cell's rounds when it started
+    retried: set[Cell] = set()
     failures, last_start = 0, float("-inf")
     try:
         while pending or running:
@@ -265,6 +279,7 @@ def run_queue(
                 if running:  # Rays starting at the same moment can time out: one at a time
                     time.sleep(max(0.0, last_start + STAGGER_S - time.monotonic()))
                 last_start = time.monotonic()
+                rounds_before[cell] = rounds_logged(queue.run_dir(cell))
                 running[cell] = _start(queue, cell, niceness, log, own_log=jobs > 1)
                 _write_lock(lock, running)
             if not running:
@@ -278,6 +293,13 @@ def run_queue(
                     stop_group(process)  # whatever the CLI left in its group
                     del running[cell]
                     _write_lock(lock, running)
+                    no_round = rounds_logged(queue.run_dir(cell)) == rounds_before[cell]
+                    if code == SIMULATION_FAILED and no_round and cell not in retried:
+                        retried.add(cell)
+                        pending.insert(0, cell)
+                        again = f"exit status {code} before any round; started once more"
+                        print(f"{cell.name}: {again}", file=log)
+                        continue
                     failures += _finish(queue, cell, code, log, keep_going)
     except _Stopped:
         print("stopped: resume with the same `run` command", file=log)

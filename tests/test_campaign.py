@@ -148,3 +148,19 @@ def test_a_failing_cell_stops_the_queue(synthetic_root: Path, tmp_path: Path) ->
     assert result.returncode == 1
     assert "bad: exit status 2; the queue stops here" in result.stdout
     assert "| next | left | 0 |" in (tmp_path / "runs" / "STATUS.md").read_text()
+
+
+def test_a_simulation_failing_before_any_round_is_started_once_more(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """(As Ray timing out at start-up on a busy machine does.) Here no actor fits the CPUs."""
+    cells = {"crowded": ["client_resources.num_cpus=64"], "next": ["num_rounds=1"]}
+    queue = _queue(tmp_path, synthetic_root, cells)
+    result = subprocess.run(
+        _campaign("run", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.count("] crowded: ") == 2  # started twice, not more
+    assert "crowded: exit status 1 before any round; started once more" in result.stdout
+    assert "crowded: exit status 1; the queue stops here" in result.stdout
+    assert "| next | left | 0 |" in (tmp_path / "runs" / "STATUS.md").read_text()

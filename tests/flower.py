@@ -124,7 +124,7 @@ class FlowerHome:
             if all(status.startswith("finished") for status in statuses.values()):
                 return statuses
             assert time.monotonic() < deadline, statuses
-            time.sleep(1.0)
+            time.sleep(3.0)  # each `flwr ls` costs a second or two of CPU the run needs
 
     def log(self, run_id: int, until: str, timeout: float = 60) -> str:
         """The run's log (`flwr log --show`), once it holds `until` (logs arrive late)."""

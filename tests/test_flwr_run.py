@@ -48,19 +48,20 @@ def flower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowerHome]:
 def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
     flower: FlowerHome, tiny_run: TinyRun, tmp_path: Path
 ) -> None:
-    """Same settings, both launchers: the same history, results where the log says; a bad
-    setting, results in the way, the wrong federation: a failed run, one line each.
+    """Same settings, both launchers: the same history, results where the log says; results in
+    the way, the wrong federation: a failed run, one line each.
 
-    (The check of the clients' Ray resources, the other half of the federation, is
-    `test_server.py`'s.) Each run is waited for before the next is submitted: Flower starts
-    every submitted run at once, each with a Ray of its own, which two cores cannot carry.
+    (Results in the way fail the checks every bad setting fails, whose messages `test_cli.py`
+    covers one by one; the check of the clients' Ray resources, the other half of the
+    federation, is `test_server.py`'s.) Each run is waited for before the next is submitted:
+    Flower starts every submitted run at once, each with a Ray of its own, which two cores
+    cannot carry.
     """
     tracked_before = _tracked_changes()
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "results.json").write_text('{"keep": true}')
     failing: list[tuple[dict[str, object], str, str]] = [
-        ({"lr": -1.0}, SIMULATION, "error: invalid config: lr must be > 0"),
         ({"output_dir": str(taken)}, SIMULATION, "results.json already exists"),
         ({}, "num-supernodes=2 client-resources-num-cpus=1", "of 2, but num_clients (K) is 4"),
     ]

@@ -81,8 +81,9 @@ def run(cfg: DictConfig) -> None:
     from .client import make_client_app
     from .mnist import load_data
     from .models import bf16_is_slow, resolve_device
+    from .partitions import save_run_partitions
     from .polling import install_engine_wakeups
-    from .server import make_server_app, start_run
+    from .server import make_server_app
 
     device = resolve_device(cfg.device)
     if cfg.precision == "bf16" and bf16_is_slow(device):
@@ -93,7 +94,7 @@ def run(cfg: DictConfig) -> None:
             flush=True,
         )
     load_data(cfg)
-    start_run(cfg)  # the partitions drawn (or read back) and saved
+    save_run_partitions(cfg)
     if cfg.fast_polling:
         install_engine_wakeups()  # before the engine starts (importing the ClientApp may have)
     torch.set_num_threads(cpus)  # the server's evaluation

@@ -134,6 +134,13 @@ def load_partitions(path: Path, key: str) -> tuple[np.ndarray, ...] | None:
     return tuple(indices[start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True))
 
 
+def save_run_partitions(cfg: DictConfig) -> None:
+    """Draw the run's partitions and save them in its directory, unless saved there already."""
+    path = Path(cfg.output_dir) / PARTITIONS_FILE
+    if load_partitions(path, partitions_key(cfg)) is None:
+        save_partitions(path, partitions_key(cfg), client_partitions(cfg))
+
+
 @lru_cache(maxsize=4)
 def run_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     """Return the run's partitions, read from `<output_dir>/partitions.npz` if `main` saved them."""

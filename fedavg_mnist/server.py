@@ -36,13 +36,7 @@ from .errors import ClientFailure, RunFailure, UserError
 from .evaluation import EvaluationQueue, TargetReached, evaluate
 from .mnist import load_data
 from .models import autocast, build_model, num_parameters, place_model, resolve_device
-from .partitions import (
-    PARTITIONS_FILE,
-    client_partitions,
-    load_partitions,
-    partitions_key,
-    save_partitions,
-)
+from .partitions import save_run_partitions
 from .polling import wake_on_messages
 from .results import RunRecorder, load_results, summary_line
 from .run_dir import check_run_dir
@@ -208,9 +202,7 @@ def start_run(cfg: DictConfig) -> None:
     """Make the checks every run makes before it writes anything; save its partitions."""
     validate(cfg)
     check_run_dir(cfg)
-    partitions_file = Path(cfg.output_dir) / PARTITIONS_FILE
-    if load_partitions(partitions_file, partitions_key(cfg)) is None:
-        save_partitions(partitions_file, partitions_key(cfg), client_partitions(cfg))
+    save_run_partitions(cfg)
 
 
 def run_server(grid: Grid, context: Context, fallback: UserConfig | None = None) -> None:

@@ -3,7 +3,7 @@
     python -m benchmarks.deployment_cost [--supernodes 4] [--rounds 4] [--out deployment.json]
 
 Runs the same 2NN experiment (K = N clients, C=0.5, E=1, B=10) twice through the project's
-own commands: `python -m fedavg_mnist.deployment` (a SuperLink and N SuperNodes as separate
+own commands: `python -m fedavg_mnist.ops.deployment` (a SuperLink and N SuperNodes as separate
 processes over TLS; Flower starts a `flwr-clientapp` process for every message a SuperNode
 gets) and the Hydra CLI's simulation. Reports each one's median round time (training and
 evaluation, rounds 1 onwards), the median of the training part alone, the whole command's
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.round_time import machine
-from fedavg_mnist.results import library_versions, load_results, write_json_atomic
+from fedavg_mnist.records import library_versions, load_results
+from fedavg_mnist.storage import write_json_atomic
 
 
 def settings(supernodes: int, rounds: int) -> dict[str, object]:
@@ -74,7 +75,7 @@ def main() -> None:
         deployed, simulated = Path(scratch, "deployment"), Path(scratch, "simulation")
         run_config = " ".join(f"{key}={value!r}" for key, value in experiment.items())
         deployment_wall = timed(
-            [sys.executable, "-m", "fedavg_mnist.deployment", "--supernodes",
+            [sys.executable, "-m", "fedavg_mnist.ops.deployment", "--supernodes",
              str(args.supernodes), "--data-root", data_root, "--output-dir", str(deployed),
              "--run-config", run_config]
         )  # fmt: skip

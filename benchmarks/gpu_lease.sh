@@ -42,9 +42,9 @@ timeout 150 $py -m benchmarks.gpu_round --out "$out/gpu_round.json"
 
 echo "== the queue, $jobs cells at once, $(left) s left"
 if [ $# -gt 0 ]; then cells=(--cells "$@"); else cells=(); fi
-timeout $(($(left) - 15)) $py -m fedavg_mnist.campaign run conf/campaign/cnn.yaml \
+timeout $(($(left) - 15)) $py -m fedavg_mnist.ops.campaign run conf/campaign/cnn.yaml \
     --jobs "$jobs" --keep-going --time-limit $(($(left) - 45)) "${cells[@]}"
-$py -m fedavg_mnist.campaign status conf/campaign/cnn.yaml
+$py -m fedavg_mnist.ops.campaign status conf/campaign/cnn.yaml
 
 echo "== packing, $(left) s left"
 cd docs/runs || exit 1

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
-from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.round_time import ClientTensors, client_tensors, compose_config
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.local_training import (
     GraphedEpoch,
     Trainer,
@@ -34,8 +34,10 @@ from fedavg_mnist.local_training import (
     train_local,
     train_local_graphed,
 )
+from fedavg_mnist.machine import machine_description
 from fedavg_mnist.models import build_model, place_model
-from fedavg_mnist.results import library_versions, machine_description, write_json_atomic
+from fedavg_mnist.records import library_versions
+from fedavg_mnist.storage import write_json_atomic
 
 SETTINGS = {
     "cnn_E5_B10": ["local_epochs=5", "batch_size=10"],
@@ -51,7 +53,7 @@ def _sync() -> None:
 
 
 def _round(
-    cfg: DictConfig, clients: ClientTensors, model: torch.nn.Module, trainer: Trainer
+    cfg: RunConfig, clients: ClientTensors, model: torch.nn.Module, trainer: Trainer
 ) -> float:
     """Seconds to train `clients` one after another from the same weights."""
     state = {key: value.clone() for key, value in model.state_dict().items()}
@@ -65,7 +67,7 @@ def _round(
     return time.perf_counter() - started
 
 
-def floor_s(cfg: DictConfig, clients: ClientTensors, trainer: Trainer, rounds: int) -> float:
+def floor_s(cfg: RunConfig, clients: ClientTensors, trainer: Trainer, rounds: int) -> float:
     """Median seconds of a round in this process (after one warm-up client)."""
     model = place_model(build_model(cfg.model.name), cfg.device)
     first = dict(list(clients.items())[:1])
@@ -73,7 +75,7 @@ def floor_s(cfg: DictConfig, clients: ClientTensors, trainer: Trainer, rounds: i
     return statistics.median(_round(cfg, clients, model, trainer) for _ in range(rounds))
 
 
-def gpu_step_ms(cfg: DictConfig, clients: ClientTensors, replays: int = 20) -> float:
+def gpu_step_ms(cfg: RunConfig, clients: ClientTensors, replays: int = 20) -> float:
     """Milliseconds of GPU time per SGD step, from CUDA events around epoch replays."""
     images, labels = next(iter(clients.values()))
     model = place_model(build_model(cfg.model.name), "cuda")
@@ -90,9 +92,7 @@ def gpu_step_ms(cfg: DictConfig, clients: ClientTensors, replays: int = 20) -> f
     return start.elapsed_time(end) / (replays * epoch.num_steps)
 
 
-def _worker(cfg_yaml: str, partition_ids: list[int], rounds: int, barrier: Any, out: Any) -> None:
-    cfg = OmegaConf.create(cfg_yaml)
-    assert isinstance(cfg, DictConfig)
+def _worker(cfg: RunConfig, partition_ids: list[int], rounds: int, barrier: Any, out: Any) -> None:
     torch.set_num_threads(1)
     clients = {i: c for i, c in client_tensors(cfg).items() if i in partition_ids}
     model = place_model(build_model(cfg.model.name), cfg.device)
@@ -103,16 +103,14 @@ def _worker(cfg_yaml: str, partition_ids: list[int], rounds: int, barrier: Any, 
         out.put(_round(cfg, clients, model, trainer))
 
 
-def processes_s(cfg: DictConfig, processes: int, rounds: int = 3) -> float:
+def processes_s(cfg: RunConfig, processes: int, rounds: int = 3) -> float:
     """Median round time with the clients split over `processes` training at once."""
     num_clients = len(client_tensors(cfg))
     shares = [list(range(num_clients))[p::processes] for p in range(processes)]
     context = mp.get_context("spawn")
     barrier, out = context.Barrier(processes), context.Queue()
-    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     workers = [
-        context.Process(target=_worker, args=(cfg_yaml, share, rounds, barrier, out))
-        for share in shares
+        context.Process(target=_worker, args=(cfg, share, rounds, barrier, out)) for share in shares
     ]
     for worker in workers:
         worker.start()

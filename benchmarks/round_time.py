@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from fedavg_mnist.client import partition_data
-from fedavg_mnist.config import CONF_DIR, num_sampled_clients, register_schema
+from fedavg_mnist.client_app import partition_data
+from fedavg_mnist.config import RunConfig, num_sampled_clients
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.local_training import train_local
+from fedavg_mnist.machine import cpu_model
 from fedavg_mnist.models import autocast, build_model, place_model, resolve_device
 from fedavg_mnist.partitions import clear_caches
-from fedavg_mnist.results import library_versions, load_results, write_json_atomic
+from fedavg_mnist.records import library_versions, load_results
+from fedavg_mnist.storage import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,11 @@ class Setting:
         ]
 
 
-def compose_config(root: str, output_dir: Path, overrides: Sequence[str]) -> DictConfig:
+def compose_config(root: str, output_dir: Path, overrides: Sequence[str]) -> RunConfig:
     """Compose the run config `main` would build for these overrides."""
-    register_schema()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[*overrides, f"dataset.root={root}", f"output_dir={output_dir}"],
-        )
+    from fedavg_mnist.overrides import compose_run_config
+
+    return compose_run_config([*overrides, f"dataset.root={root}"], str(output_dir))
 
 
 # One single-threaded worker process per core: each loads the data once, then trains its
@@ -78,12 +75,8 @@ def compose_config(root: str, output_dir: Path, overrides: Sequence[str]) -> Dic
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(cfg_yaml: str) -> None:
-    from omegaconf import OmegaConf
-
+def _init_worker(cfg: RunConfig) -> None:
     torch.set_num_threads(1)
-    cfg = OmegaConf.create(cfg_yaml)
-    assert isinstance(cfg, DictConfig)
     _worker["cfg"] = cfg
     _worker["clients"] = client_tensors(cfg)
     _worker["model"] = place_model(build_model(cfg.model.name), "cpu")
@@ -99,14 +92,14 @@ def _train_clients(job: tuple[dict[str, torch.Tensor], list[int]]) -> float:
 ClientTensors = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def client_tensors(cfg: DictConfig) -> ClientTensors:
+def client_tensors(cfg: RunConfig) -> ClientTensors:
     """Return each sampled client's images and labels on the run's device, as clients hold them."""
     num_clients = num_sampled_clients(cfg.client_fraction, cfg.num_clients)
     return {partition_id: partition_data(cfg, partition_id) for partition_id in range(num_clients)}
 
 
 def train_clients(
-    cfg: DictConfig,
+    cfg: RunConfig,
     clients: ClientTensors,
     model: torch.nn.Module,
     state: dict[str, torch.Tensor],
@@ -122,7 +115,7 @@ def train_clients(
 
 
 def _time_rounds(
-    cfg: DictConfig,
+    cfg: RunConfig,
     clients: ClientTensors,
     model: torch.nn.Module,
     state: dict[str, torch.Tensor],
@@ -153,10 +146,8 @@ class Floor:
         return min(seconds for seconds in ways if seconds is not None)
 
 
-def compute_floor(cfg: DictConfig, rounds: int) -> Floor:
+def compute_floor(cfg: RunConfig, rounds: int) -> Floor:
     """Time one round's client updates without Flower, each way this device allows."""
-    from omegaconf import OmegaConf
-
     device = resolve_device(cfg.device)
     state = build_model(cfg.model.name).state_dict()
     clients = client_tensors(cfg)
@@ -174,8 +165,7 @@ def compute_floor(cfg: DictConfig, rounds: int) -> Floor:
     workers = min(cores, len(partition_ids))
     shares = [partition_ids[index::workers] for index in range(workers)]
     context = multiprocessing.get_context("spawn")
-    yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    with context.Pool(workers, initializer=_init_worker, initargs=(yaml,)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
         pool.map(_train_clients, [(state, share[:1]) for share in shares])  # warm-up
         per_core = []
         for _ in range(rounds):
@@ -185,7 +175,7 @@ def compute_floor(cfg: DictConfig, rounds: int) -> Floor:
     return Floor(one_process, statistics.median(per_core))
 
 
-def flower_rounds(cfg: DictConfig) -> dict[str, Any]:
+def flower_rounds(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg` through `main`'s Flower simulation; return its per-round figures."""
     from fedavg_mnist.main import run
 
@@ -281,17 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(report))
     print(f"wrote {args.out}")
     return 0
-
-
-def cpu_model() -> str:
-    """Return the CPU's model name (`/proc/cpuinfo`), or the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:

@@ -1,12 +1,11 @@
 """Checkpoints of a run: the global model and history after a round, saved atomically."""
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.storage import write_atomic
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: the status of a
     import torch  # queue or a run directory needs only the file's name
@@ -36,15 +35,7 @@ def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
         "state_dict": {key: value.detach().cpu() for key, value in checkpoint.state_dict.items()},
         "history": checkpoint.history,
     }
-    try:
-        handle, tmp_name = tempfile.mkstemp(dir=output_dir, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+    write_atomic(path, lambda stream: torch.save(payload, stream))
 
 
 def load_checkpoint(output_dir: Path) -> Checkpoint:

@@ -3,21 +3,21 @@
 import logging
 import os
 import sys
+import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import gpus_per_client, register_schema, to_run_config, validate
-from .errors import ClientFailure, UserError
-from .overrides import check_overrides
-from .ray_setup import local_ray_args
-from .run_dir import check_run_dir
-
-register_schema()
+from fedavg_mnist.config import RunConfig, gpus_per_client
+from fedavg_mnist.errors import ClientFailure, RunFailure, UserError
+from fedavg_mnist.mnist import ensure_mnist
+from fedavg_mnist.overrides import check_overrides, register_hydra_config, to_run_config
 
 
 def quiet_libraries(verbose: bool) -> dict[str, Any]:
@@ -36,6 +36,8 @@ def quiet_libraries(verbose: bool) -> dict[str, Any]:
 
 def parallel_jobs() -> int:
     """How many sweep points Hydra's launcher runs at once: its `n_jobs`, else 1."""
+    from hydra.core.hydra_config import HydraConfig
+
     if not HydraConfig.initialized():
         return 1
     n_jobs = OmegaConf.select(OmegaConf.structured(HydraConfig.get()), "launcher.n_jobs")
@@ -52,89 +54,125 @@ def cpu_share(jobs: int) -> int:
     return 1 if jobs < 0 else max(available_cpus() // max(jobs, 1), 1)
 
 
-def ray_init_args(cfg: DictConfig, cpus: int) -> dict[str, Any]:
-    """Ray's init arguments: quiet unless `verbose`, on the run's Ray (`local_ray_args`)."""
-    return {**quiet_libraries(cfg.verbose), **local_ray_args(cpus)}
+def run(config: RunConfig) -> None:
+    """Prepare the run directory and partitions, then run the simulation and draw its curve.
 
-
-def run(cfg: DictConfig) -> None:
-    """Check the config, run directory, data and partitions, then launch the simulation.
-
-    The `ServerApp` checks them again, as it does under `flwr run`; checking here first ends
-    bad input in one line before Ray starts, and the config and run directory before torch
-    is even imported.
+    Bad input, bad data and partitions that cannot be drawn have been told before Hydra
+    started (`cli`).
     """
-    cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
-    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
-    validate(cfg)
-    check_run_dir(cfg)
+    from fedavg_mnist.ops.ray_setup import local_ray_args
 
     jobs = parallel_jobs()
     cpus = cpu_share(jobs)
-    if jobs > 1 and cfg.client_resources.num_cpus > cpus:
-        cfg.client_resources.num_cpus = cpus  # a parallel sweep point stays within its share
-    init_args = ray_init_args(cfg, cpus)  # quiets the libraries before `datasets` logs
+    if jobs > 1 and config.client_resources.num_cpus > cpus:
+        # a parallel sweep point stays within its share
+        resources = replace(config.client_resources, num_cpus=cpus)
+        config = replace(config, client_resources=resources)
+    init_args = {**quiet_libraries(config.verbose), **local_ray_args(cpus)}
 
     import torch
     from flwr.simulation import run_simulation
 
-    from .client import make_client_app
-    from .mnist import load_data
-    from .models import bf16_is_slow, resolve_device
-    from .partitions import save_run_partitions
-    from .polling import install_engine_wakeups
-    from .server import make_server_app
+    from fedavg_mnist.analysis.figures import plot_accuracy
+    from fedavg_mnist.client_app import make_client_app
+    from fedavg_mnist.models import bf16_is_slow, resolve_device
+    from fedavg_mnist.polling import engine_wakeups
+    from fedavg_mnist.records import load_results
+    from fedavg_mnist.server_app import make_server_app, prepare_run
 
-    device = resolve_device(cfg.device)
-    if cfg.precision == "bf16" and bf16_is_slow(device):
+    device = resolve_device(config.device)
+    if config.precision == "bf16" and bf16_is_slow(device):
         print(
             "warning: this CPU has neither AVX512-BF16 nor AMX: precision=bf16 runs slower "
             "than fp32 here (docs/performance.md)",
             file=sys.stderr,
             flush=True,
         )
-    load_data(cfg)
-    save_run_partitions(cfg)
-    if cfg.fast_polling:
-        install_engine_wakeups()  # before the engine starts (importing the ClientApp may have)
+    prepare_run(config)
     torch.set_num_threads(cpus)  # the server's evaluation
-    run_config = to_run_config(cfg)
-    run_simulation(
-        server_app=make_server_app(run_config),
-        client_app=make_client_app(run_config),
-        num_supernodes=cfg.num_clients,
-        backend_config={
-            "client_resources": {
-                "num_cpus": cfg.client_resources.num_cpus,
-                "num_gpus": gpus_per_client(cfg.client_resources.num_gpus, device.type),
+    with (
+        engine_wakeups() if config.fast_polling else nullcontext() as wakeups,
+        no_room_for_clients_told(config),
+    ):
+        run_simulation(
+            server_app=make_server_app(config, wakeups),
+            client_app=make_client_app(config),
+            num_supernodes=config.num_clients,
+            backend_config={
+                "client_resources": {
+                    "num_cpus": config.client_resources.num_cpus,
+                    "num_gpus": gpus_per_client(config.client_resources.num_gpus, device.type),
+                },
+                "init_args": init_args,
             },
-            "init_args": init_args,
-        },
-        verbose_logging=cfg.verbose,
-    )
+            verbose_logging=config.verbose,
+        )
+    output_dir = Path(config.output_dir)
+    plot_accuracy([load_results(output_dir)], output_dir / "accuracy.png")
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Run one configuration; bad input ends in one line on stderr and exit status 2."""
+@contextmanager
+def no_room_for_clients_told(config: RunConfig) -> Iterator[None]:
+    """Tell in one line that no Ray node can host a client (Flower's engine has no actor)."""
     try:
-        run(cfg)
-    except UserError as err:
-        fail(str(err), 2)
-    except (ClientFailure, RuntimeError, ValueError, ConnectionError) as err:
-        fail(f"the simulation failed: {root_cause(err)}", 1)  # a client, Ray or Flower
-    except KeyboardInterrupt:
-        fail("interrupted: continue the run with the same overrides and resume=true", 130)
+        yield
+    except RuntimeError as err:
+        cause = root_cause(err)
+        if "ActorPool is empty" not in str(cause):
+            raise
+        resources = config.client_resources
+        raise ClientFailure(
+            f"{first_line(cause)}: no Ray node has the {resources.num_cpus} CPUs (and GPU "
+            "share) that client_resources asks for each client"
+        ) from err
 
 
-def root_cause(err: BaseException) -> str:
-    """Return the first line of the innermost exception `err` was raised from."""
-    while err.__cause__ is not None:
-        err = err.__cause__
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Run one configuration; any failure ends the process with `failure_status`."""
+    try:
+        run(to_run_config(cfg))
+    except (Exception, KeyboardInterrupt) as err:
+        end(*failure_status(err))
+
+
+def causes(err: BaseException) -> list[BaseException]:
+    """Return `err` and the exceptions it was raised from, outermost first."""
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """Return the innermost exception `err` was raised from."""
+    return causes(err)[-1]
+
+
+def first_line(err: BaseException) -> str:
+    """Return the first line of an exception's message, or its type's name."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def fail(message: str, status: int) -> NoReturn:
+def failure_status(err: BaseException) -> tuple[str, int]:
+    """Return the one line and exit status a failure ends the CLI with.
+
+    Bad input (`UserError`, 2) and a run that cannot go on (`RunFailure`: a client, the
+    federation, 1) are told in one line. Anything else is unexpected, maybe a bug: its
+    traceback is printed first, then the line.
+    """
+    for cause in causes(err):
+        if isinstance(cause, KeyboardInterrupt):
+            return "interrupted: continue the run with the same overrides and resume=true", 130
+        if isinstance(cause, UserError):
+            return first_line(cause), 2
+        if isinstance(cause, RunFailure):
+            return f"the simulation failed: {first_line(cause)}", 1
+    traceback.print_exception(err, file=sys.stderr)
+    return f"the simulation failed unexpectedly (traceback above): {first_line(root_cause(err))}", 1
+
+
+def end(message: str, status: int) -> NoReturn:
     """Print one `error:` line and end the process now.
 
     A failed simulation can leave the `ServerApp`'s thread waiting for replies that will
@@ -146,10 +184,24 @@ def fail(message: str, status: int) -> NoReturn:
     os._exit(status)
 
 
+def check_data(configs: list[RunConfig]) -> None:
+    """Check every run's MNIST (downloading it if asked) and partitions before Hydra starts.
+
+    Bad data, or a K the partition cannot split the data by, end before anything is written.
+    """
+    from fedavg_mnist.partitions import client_partitions
+
+    for dataset in {config.dataset for config in configs}:
+        ensure_mnist(dataset.root, dataset.download, dataset.verify_checksums)
+    for config in configs:
+        client_partitions(config)  # cached: the run reuses them
+
+
 def cli() -> None:
-    """Console entry: check the overrides, then hand over to Hydra."""
+    """Console entry: check the overrides and the data, then hand over to Hydra."""
+    register_hydra_config()
     try:
-        check_overrides(sys.argv[1:])
+        check_data(check_overrides(sys.argv[1:]))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

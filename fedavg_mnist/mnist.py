@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from omegaconf import DictConfig
 
-if TYPE_CHECKING:  # imported where used: worker processes that read the partitions skip them
-    pass
+from fedavg_mnist.errors import UserError
 
-from .errors import UserError
+if TYPE_CHECKING:  # imported where tensors are made: checking the files needs no torch
+    import torch
+
+    from fedavg_mnist.config import DatasetConfig
 
 # SHA-256 of the uncompressed standard files (LeCun, Cortes, Burges).
 MNIST_SHA256 = {
@@ -40,10 +40,10 @@ _IDX_UBYTE = 0x08
 class Mnist:
     """Normalized images (N, 1, 28, 28) float32 and labels (N,) int64, train and test."""
 
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
+    train_images: "torch.Tensor"
+    train_labels: "torch.Tensor"
+    test_images: "torch.Tensor"
+    test_labels: "torch.Tensor"
 
 
 def raw_dir(root: str | Path) -> Path:
@@ -114,23 +114,40 @@ def _download(name: str, directory: Path) -> None:
     raise OSError("; ".join(errors))
 
 
+def _created_dirs(directory: Path) -> list[Path]:
+    """Return the folders `directory.mkdir(parents=True)` would create, deepest first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
 def ensure_mnist(root: str | Path, download: bool = True, verify: bool = True) -> dict[str, Path]:
-    """Return the path of each IDX file, downloading missing ones, verifying SHA-256."""
+    """Return the path of each IDX file, downloading missing ones, verifying SHA-256.
+
+    A download that fails leaves no folder behind that it created, and its reason is told.
+    """
     directory = raw_dir(root)
     missing = [name for name in MNIST_SHA256 if _find(directory, name) is None]
+    tried = ""
     if missing and download:
+        created = _created_dirs(directory)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             for name in missing:
                 _download(name, directory)
-        except OSError:
-            pass
+        except OSError as err:
+            tried = f"; the download failed: {err.strerror or err}"
+            for folder in created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         missing = [name for name in MNIST_SHA256 if _find(directory, name) is None]
     if missing:
-        names = ", ".join(MNIST_SHA256)
         raise UserError(
-            f"MNIST not found: put {names} (plain or .gz) in {directory} "
-            f"(missing: {', '.join(missing)})"
+            f"MNIST not found in {directory} (missing: {', '.join(missing)}){tried}. "
+            "Put the four IDX files (plain or .gz) there, or point at a folder holding "
+            "MNIST/raw/ with dataset.root=<folder> or FEDAVG_MNIST_DATA=<folder>"
         )
     paths = {name: _find(directory, name) for name in MNIST_SHA256}
     resolved = {name: path for name, path in paths.items() if path is not None}
@@ -141,17 +158,30 @@ def ensure_mnist(root: str | Path, download: bool = True, verify: bool = True) -
     return resolved
 
 
-def _to_tensor(images: np.ndarray, normalize: bool) -> torch.Tensor:
+def _to_tensor(images: np.ndarray, normalize: bool) -> "torch.Tensor":
+    import torch
+
     tensor = torch.from_numpy(images.astype(np.float32)).div_(255.0)
     if normalize:
         tensor.sub_(MNIST_MEAN).div_(MNIST_STD)
     return tensor.unsqueeze(1).contiguous()
 
 
-def _labels(labels: np.ndarray, path: Path) -> torch.Tensor:
+def _labels(labels: np.ndarray, path: Path) -> "torch.Tensor":
+    import torch
+
     if labels.size and labels.max() > 9:
         raise UserError(f"corrupt MNIST file {path}: label {labels.max()} > 9")
     return torch.from_numpy(labels.astype(np.int64))
+
+
+def read_train_labels(root: str, download: bool = True, verify: bool = True) -> np.ndarray:
+    """Return the training labels as uint8, without torch: what partitioners split."""
+    path = ensure_mnist(root, download, verify)["train-labels-idx1-ubyte"]
+    labels = read_idx(path, 1)
+    if labels.size and labels.max() > 9:
+        raise UserError(f"corrupt MNIST file {path}: label {labels.max()} > 9")
+    return labels
 
 
 @lru_cache(maxsize=2)
@@ -178,7 +208,6 @@ def load_mnist(
     )
 
 
-def load_data(cfg: DictConfig) -> Mnist:
-    """Load the MNIST named by the config's `dataset` section."""
-    dataset = cfg.dataset
+def load_data(dataset: "DatasetConfig") -> Mnist:
+    """Load the MNIST named by a run's `dataset` settings."""
     return load_mnist(dataset.root, dataset.download, dataset.verify_checksums, dataset.normalize)

@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import INITS
-from .errors import UserError
+from fedavg_mnist.config import INITS
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.machine import CPUINFO, cpu_flags
 
 
 class Mlp(nn.Module):
@@ -112,21 +113,6 @@ def autocast(precision: str, device: torch.device | str) -> AbstractContextManag
 
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 units that make bf16 faster than fp32
-
-
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
-    """Return the CPU's feature flags as Linux lists them, or None where it does not."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return None
 
 
 def bf16_is_slow(device: torch.device, cpuinfo: Path = CPUINFO) -> bool:

@@ -1,27 +1,57 @@
-"""The command line's Hydra overrides, checked before Hydra runs them.
+"""The Hydra CLI's config: `conf/` over `RunConfig`'s defaults, its overrides checked first.
 
 Hydra parses the overrides (its whole grammar: `choice`, `range`, `glob`, quoting, ...);
-every value a sweep takes is composed and validated once here, so a bad one ends in one
-line naming it before any point runs, instead of Hydra's multi-line report or a sweep that
-fails half way.
+every value a sweep takes is composed into a `RunConfig` once here, so a bad one ends in
+one line naming it before any point runs and before Hydra writes anything, instead of
+Hydra's multi-line report or a sweep that fails half way.
 """
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_loader import ConfigLoader
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from fedavg_mnist.config import FLAT_DEFAULTS, RunConfig, from_hydra, unflatten
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.presets import tuned_lr
+from fedavg_mnist.run_dir import check_output_dir
 
-from .config import CONF_DIR, group_options, register_schema, validate
-from .errors import UserError
-from .run_dir import check_writable_location, prepare_output_dir
-
-CONFIG_GROUPS = ("model", "partition", "experiment", "lr_grid")
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_GROUPS = ("model", "experiment", "lr_grid")
 OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "output_dir")
+
+
+def hydra_base() -> dict[str, Any]:
+    """`FLAT_DEFAULTS` as the base of Hydra's config, with the CLI's own two paths."""
+    base = unflatten(FLAT_DEFAULTS)
+    base["output_dir"] = "${hydra:runtime.output_dir}"
+    base["dataset"]["root"] = "${oc.env:FEDAVG_MNIST_DATA,data}"
+    base["lr_table"] = {}  # a preset's η per cell, read by the `tuned_lr` resolver
+    return base
+
+
+def register_hydra_config() -> None:
+    """Give Hydra the base config and the `tuned_lr` resolver that `conf/` uses."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name="base_config", node=hydra_base())
+    if not OmegaConf.has_resolver("tuned_lr"):
+        OmegaConf.register_new_resolver("tuned_lr", tuned_lr)
+
+
+def group_options(group: str) -> list[str]:
+    """Return the configs of one of the CLI's config groups (`conf/<group>/*.yaml`)."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def to_run_config(composed: Any) -> RunConfig:
+    """Return the `RunConfig` of a Hydra config composed (and resolved) by Hydra."""
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.masked_copy(composed, [key for key in composed if key != "hydra"])
+    plain = OmegaConf.to_container(settings, resolve=True)
+    assert isinstance(plain, dict)
+    return from_hydra({str(key): value for key, value in plain.items()})
 
 
 class _GroupLister:
@@ -31,8 +61,11 @@ class _GroupLister:
         return group_options(group_name)
 
 
-def parse(argv: Sequence[str]) -> list[Override]:
+def parse(argv: Sequence[str]) -> list[Any]:
     """Parse the overrides among `argv` with Hydra's grammar; one line if one is malformed."""
+    from hydra.core.config_loader import ConfigLoader
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     arguments = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
     parser = OverridesParser.create(config_loader=cast(ConfigLoader, _GroupLister()))
     try:
@@ -42,7 +75,7 @@ def parse(argv: Sequence[str]) -> list[Override]:
         raise UserError(f"invalid override: {reason}") from err
 
 
-def values(override: Override) -> list[str]:
+def values(override: Any) -> list[str]:
     """Return the values an override takes, as override strings (`key=value`), sweeps expanded."""
     key = override.get_key_element()
     if override.is_discrete_sweep():
@@ -52,7 +85,7 @@ def values(override: Override) -> list[str]:
     return [f"{key}={override.get_value_element_as_str()}"]
 
 
-def check_group_choices(overrides: Sequence[Override]) -> None:
+def check_group_choices(overrides: Sequence[Any]) -> None:
     """Reject an unknown choice of a config group in one line."""
     for override in overrides:
         if override.key_or_group not in CONFIG_GROUPS:
@@ -66,7 +99,7 @@ def check_group_choices(overrides: Sequence[Override]) -> None:
                 )
 
 
-def sweep_variants(overrides: Sequence[Override]) -> Iterator[list[str]]:
+def sweep_variants(overrides: Sequence[Any]) -> Iterator[list[str]]:
     """Yield the sweep's first point, then each other value of each swept key tried alone."""
     choices = [options for options in map(values, overrides) if options]
     base = [options[0] for options in choices]
@@ -76,31 +109,42 @@ def sweep_variants(overrides: Sequence[Override]) -> Iterator[list[str]]:
             yield base[:index] + [option] + base[index + 1 :]
 
 
-def check_overrides(argv: Sequence[str]) -> None:
-    """Compose and validate the config of every value given, so a bad one is one line."""
-    register_schema()
+def compose_run_config(overrides: Sequence[str], output_dir: str = ".") -> RunConfig:
+    """Compose `conf/` with `overrides` as the CLI does and return the checked `RunConfig`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register_hydra_config()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        try:
+            cfg = compose(
+                "config",
+                overrides=[*overrides, f"output_dir={output_dir}"],
+                return_hydra_config=True,
+            )
+            HydraConfig.instance().set_config(cfg)  # for `${hydra:runtime.choices...}`
+            return to_run_config(cfg)
+        except UserError:
+            raise
+        except Exception as err:  # Hydra's and OmegaConf's many config errors
+            causes = [err, err.__cause__] if err.__cause__ else [err]
+            reason = "; ".join(str(e).strip().splitlines()[0] for e in causes)
+            raise UserError(f"invalid override: {reason}") from err
+
+
+def check_overrides(argv: Sequence[str]) -> list[RunConfig]:
+    """Compose and check the config of every value given; return them. Writes nothing.
+
+    The output folders named on the command line are checked too (results in the way, or
+    nothing to resume), so that Hydra does not write its `.hydra/` into a finished run.
+    """
     overrides = parse(argv)
     check_group_choices(overrides)
-    output_dirs = [
-        Path(str(o.value())) for o in overrides if o.key_or_group in OUTPUT_KEYS and o.value()
-    ]
     resume = any(o.key_or_group == "resume" and o.value() is True for o in overrides)
-    for output_dir in output_dirs:
-        prepare_output_dir(output_dir, resume)
-    if not output_dirs:  # Hydra's default run directory lies under the working directory
-        check_writable_location(Path.cwd())
+    for override in overrides:
+        if override.key_or_group in OUTPUT_KEYS and override.value():
+            check_output_dir(Path(str(override.value())), resume)
+    if not any(o.key_or_group in OUTPUT_KEYS for o in overrides):
+        check_output_dir(Path.cwd() / "outputs", resume=False)  # Hydra's default lies there
     settings = [o for o in overrides if not o.is_hydra_override() and o.key_or_group != "resume"]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for variant in sweep_variants(settings):
-            try:
-                cfg = compose(
-                    "config", overrides=[*variant, "output_dir=."], return_hydra_config=True
-                )
-                HydraConfig.instance().set_config(cfg)  # for `${hydra:runtime.choices...}`
-                validate(cfg)
-            except UserError:
-                raise
-            except Exception as err:  # Hydra's and OmegaConf's many config errors
-                causes = [err, err.__cause__] if err.__cause__ else [err]
-                reason = "; ".join(str(e).strip().splitlines()[0] for e in causes)
-                raise UserError(f"invalid override: {reason}") from err
+    return [compose_run_config(variant) for variant in sweep_variants(settings)]

@@ -1,25 +1,27 @@
 """Client partitions: flwr-datasets partitioners over MNIST's labels, and the partitions file.
 
-A run's `ServerApp` saves each client's example indices to `partitions.npz` in the run
-directory; simulated clients read them from there instead of partitioning again.
+Partitions are chosen by name from `PARTITIONERS`. A run saves each client's example
+indices to `partitions.npz` in its directory before the clients start; simulated clients
+read them from there instead of partitioning again.
 """
 
-import json
-import os
-import tempfile
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+
+from fedavg_mnist.config import PARTITIONS
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.mnist import load_mnist, read_train_labels
+from fedavg_mnist.storage import write_atomic
 
 if TYPE_CHECKING:  # imported where used: worker processes that read the partitions skip them
     from flwr_datasets.partitioner import Partitioner
 
-from .errors import UserError
-from .mnist import load_mnist
+    from fedavg_mnist.config import RunConfig
 
 
 def partition_indices(
@@ -47,26 +49,44 @@ def partition_indices(
         raise UserError(f"invalid partition: {err}") from err
 
 
-def make_partitioner(partition_cfg: DictConfig | dict[str, Any]) -> "Partitioner":
-    """Instantiate the partitioner named by the config's `_target_`."""
-    from flwr_datasets.partitioner import Partitioner
-    from hydra.utils import instantiate
+def iid(num_clients: int, seed: int) -> "Partitioner":
+    """IID: the shuffled training set split evenly, 600 examples per client at K=100."""
+    from flwr_datasets.partitioner import IidPartitioner
 
-    try:
-        partitioner = instantiate(partition_cfg)
-    except Exception as err:
-        raise UserError(f"invalid partition: {err}".splitlines()[0]) from err
-    if not isinstance(partitioner, Partitioner):
-        raise UserError(f"invalid partition: {type(partitioner).__name__} is no Partitioner")
-    return partitioner
+    return IidPartitioner(num_partitions=num_clients)
+
+
+def pathological(num_clients: int, seed: int) -> "Partitioner":
+    """Pathological non-IID: sort by label, cut 2K shards, give each client 2 shards."""
+    from flwr_datasets.partitioner import ShardPartitioner
+
+    return ShardPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_shards_per_partition=2,
+        shard_size=None,  # 60,000 / (2K): 200 shards of 300 at K=100
+        shuffle=True,
+        seed=seed,
+    )
+
+
+# The partitions a run can name (`partition=`): each builds its partitioner from (K, seed).
+PARTITIONERS: dict[str, Callable[[int, int], "Partitioner"]] = {
+    "iid": iid,
+    "pathological": pathological,
+}
+assert tuple(PARTITIONERS) == PARTITIONS, "config.PARTITIONS names the registry's entries"
 
 
 @lru_cache(maxsize=4)
 def _client_partitions(
-    partition_json: str, root: str, download: bool, verify: bool, seed: int, num_clients: int
+    partition: str, root: str, download: bool, verify: bool, seed: int, num_clients: int
 ) -> tuple[np.ndarray, ...]:
-    labels = load_mnist(root, download, verify).train_labels.numpy()
-    partitioner = make_partitioner(json.loads(partition_json))
+    labels = read_train_labels(root, download, verify)
+    try:
+        partitioner = PARTITIONERS[partition](num_clients, seed)
+    except ValueError as err:
+        raise UserError(f"invalid partition: {err}".splitlines()[0]) from err
     parts = partition_indices(labels, partitioner, seed)
     if len(parts) != num_clients:
         raise UserError(
@@ -87,39 +107,34 @@ def _client_partitions(
     return tuple(parts)
 
 
-def client_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
+def client_partitions(config: "RunConfig") -> tuple[np.ndarray, ...]:
     """Return each client's training indices for this config, computed once per process."""
-    partition = OmegaConf.to_container(cfg.partition, resolve=True)
     return _client_partitions(
-        json.dumps(partition, sort_keys=True),
-        cfg.dataset.root,
-        cfg.dataset.download,
-        cfg.dataset.verify_checksums,
-        cfg.seed,
-        cfg.num_clients,
+        config.partition,
+        config.dataset.root,
+        config.dataset.download,
+        config.dataset.verify_checksums,
+        config.seed,
+        config.num_clients,
     )
 
 
 PARTITIONS_FILE = "partitions.npz"
 
 
-def partitions_key(cfg: DictConfig) -> str:
+def partitions_key(config: "RunConfig") -> str:
     """Return what decides the partitions: the partitioner, K and the seed."""
-    partition = OmegaConf.to_container(cfg.partition, resolve=True)
-    return json.dumps(partition, sort_keys=True) + f"|K={cfg.num_clients}|seed={cfg.seed}"
+    return f"{config.partition}|K={config.num_clients}|seed={config.seed}"
 
 
 def save_partitions(path: Path, key: str, parts: tuple[np.ndarray, ...]) -> None:
     """Write the clients' indices atomically as `.npz` (all indices, offsets, key)."""
     offsets = np.cumsum([0, *(len(part) for part in parts)])
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, indices=np.concatenate(parts), offsets=offsets, key=np.array(key))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    indices = np.concatenate(parts)
+    write_atomic(
+        path,
+        lambda out: np.savez(out, indices=indices, offsets=offsets, key=np.array(key)),
+    )
 
 
 def load_partitions(path: Path, key: str) -> tuple[np.ndarray, ...] | None:
@@ -134,18 +149,18 @@ def load_partitions(path: Path, key: str) -> tuple[np.ndarray, ...] | None:
     return tuple(indices[start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True))
 
 
-def save_run_partitions(cfg: DictConfig) -> None:
+def save_run_partitions(config: "RunConfig") -> None:
     """Draw the run's partitions and save them in its directory, unless saved there already."""
-    path = Path(cfg.output_dir) / PARTITIONS_FILE
-    if load_partitions(path, partitions_key(cfg)) is None:
-        save_partitions(path, partitions_key(cfg), client_partitions(cfg))
+    path = Path(config.output_dir) / PARTITIONS_FILE
+    if load_partitions(path, partitions_key(config)) is None:
+        save_partitions(path, partitions_key(config), client_partitions(config))
 
 
 @lru_cache(maxsize=4)
-def run_partitions(cfg: DictConfig) -> tuple[np.ndarray, ...]:
-    """Return the run's partitions, read from `<output_dir>/partitions.npz` if `main` saved them."""
-    saved = load_partitions(Path(cfg.output_dir) / PARTITIONS_FILE, partitions_key(cfg))
-    return saved if saved is not None else client_partitions(cfg)
+def run_partitions(config: "RunConfig") -> tuple[np.ndarray, ...]:
+    """Return the run's partitions, read from `<output_dir>/partitions.npz` if saved there."""
+    saved = load_partitions(Path(config.output_dir) / PARTITIONS_FILE, partitions_key(config))
+    return saved if saved is not None else client_partitions(config)
 
 
 def clear_caches() -> None:

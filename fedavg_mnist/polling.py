@@ -9,15 +9,17 @@ pulls replies every 100 ms (`pull_interval`). A one-client full-batch 2NN round 
 a core scanning all K nodes. This module keeps Flower's loops and LinkState and only wakes
 each loop when the other side has handed something over:
 
-- `install_engine_wakeups` replaces the engine's two hand-over loops, module functions of
-  `flwr.server.superlink.fleet.vce.vce_api` that `run_api` looks up when the engine starts,
-  with the same loops that also wait on, or signal, an event. These are Flower internals:
-  they are replaced only if they exist with the parameters written for, else Flower's own
-  loops stay and one warning says so. `fedavg_mnist.client` installs them when it is
-  imported into a process that runs the engine, which both launchers do before the engine
-  starts (Flower loads the ClientApp to check it, then starts the engine).
-- `wake_on_messages` wraps the grid's `push_messages`/`pull_messages` (public methods) of
-  the `ServerApp`'s `InMemoryGrid` to signal pushes and wait for replies.
+- `engine_wakeups()` puts, for one run, that run's `EngineWakeups` loops in place of the
+  engine's two hand-over loops, module functions of `flwr.server.superlink.fleet.vce.vce_api`
+  that `run_api` looks up when the engine starts, and puts Flower's back when the run ends.
+  These are Flower internals: they are replaced only if they exist with the parameters
+  written for, else Flower's own loops stay and one warning says so. The run installs them
+  before the engine starts: the Hydra CLI around `run_simulation`, the `ServerApp` under
+  `flwr run` as its first step (Flower starts the ServerApp's thread before the engine).
+- `EngineWakeups.wrap_grid` wraps the grid's `push_messages`/`pull_messages` (public
+  methods) of the `ServerApp`'s `InMemoryGrid` to signal pushes and wait for replies.
+
+Each run's events live in its own `EngineWakeups`: nothing outlives the run.
 
 The grid falls back to Flower's 100 ms when no reply signals it. The engine scans every
 100 ms until a wrapped grid signals its pushes; from then on it wakes every 100 ms only to
@@ -25,11 +27,13 @@ notice the end of the run and scans unsignalled once a second (scanning K=100 no
 100 ms took 6-7% of a core all through the clients' training).
 """
 
+import importlib
 import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from queue import Empty, Queue
 from typing import Any
 
@@ -44,68 +48,71 @@ ENGINE_LOOPS = {
 }
 FLOWER_POLL_INTERVAL = 0.1  # seconds, Flower's interval for both loops
 ENGINE_IDLE_RESCAN = 1.0  # seconds between the engine's unsignalled scans once pushes signal
-_grid_signals = threading.Event()  # a wrapped grid signals its pushes
-_messages_pushed = threading.Event()  # the ServerApp pushed messages for the nodes
-_reply_stored = threading.Event()  # the engine stored a node's reply
 
 
-def wake_on_messages(grid: Grid) -> None:
-    """Make the in-memory simulation grid signal pushes and wait for replies, not sleep."""
-    if not hasattr(grid, "pull_interval"):  # only Flower's InMemoryGrid polls
-        return
-    push, pull = grid.push_messages, grid.pull_messages
+class EngineWakeups:
+    """One run's hand-over events between its `ServerApp`'s grid and the simulation engine."""
 
-    def push_messages(messages: Iterable[Message]) -> Iterable[str]:
-        message_ids = push(messages)
-        _messages_pushed.set()
-        return message_ids
+    def __init__(self) -> None:
+        self.grid_signals = threading.Event()  # a wrapped grid signals its pushes
+        self.messages_pushed = threading.Event()  # the ServerApp pushed messages for the nodes
+        self.reply_stored = threading.Event()  # the engine stored a node's reply
 
-    def pull_messages(message_ids: Iterable[str]) -> Iterable[Message]:
-        message_ids = list(message_ids)
-        if not message_ids:  # nothing sent (e.g. no federated evaluation): nothing to wait for
-            return []
-        _reply_stored.wait(FLOWER_POLL_INTERVAL)
-        _reply_stored.clear()  # a reply stored from here on sets it again
-        return pull(message_ids)
+    def wrap_grid(self, grid: Grid) -> None:
+        """Make the in-memory simulation grid signal pushes and wait for replies, not sleep."""
+        if not hasattr(grid, "pull_interval"):  # only Flower's InMemoryGrid polls
+            return
+        push, pull = grid.push_messages, grid.pull_messages
 
-    grid.push_messages = push_messages  # type: ignore[method-assign]
-    grid.pull_messages = pull_messages  # type: ignore[method-assign]
-    grid.pull_interval = 0.0
-    _grid_signals.set()
+        def push_messages(messages: Iterable[Message]) -> Iterable[str]:
+            message_ids = push(messages)
+            self.messages_pushed.set()
+            return message_ids
 
+        def pull_messages(message_ids: Iterable[str]) -> Iterable[Message]:
+            message_ids = list(message_ids)
+            if not message_ids:  # nothing sent (no federated evaluation): nothing to wait for
+                return []
+            self.reply_stored.wait(FLOWER_POLL_INTERVAL)
+            self.reply_stored.clear()  # a reply stored from here on sets it again
+            return pull(message_ids)
 
-def add_messages_to_queue(
-    state: Any, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event
-) -> None:
-    """Flower's loop moving the nodes' messages into the engine's queue, woken by pushes."""
-    next_scan = 0.0
-    while not f_stop.is_set():
-        if _messages_pushed.is_set() or time.monotonic() >= next_scan:
-            _messages_pushed.clear()  # a push from here on is seen by the next scan
-            rescan = ENGINE_IDLE_RESCAN if _grid_signals.is_set() else FLOWER_POLL_INTERVAL
-            next_scan = time.monotonic() + rescan
-            for node_id in nodes_mapping:
-                for message in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(message)
-        _messages_pushed.wait(FLOWER_POLL_INTERVAL)  # and notice `f_stop` as Flower does
+        grid.push_messages = push_messages  # type: ignore[method-assign]
+        grid.pull_messages = pull_messages  # type: ignore[method-assign]
+        grid.pull_interval = 0.0
+        self.grid_signals.set()
 
+    def add_messages_to_queue(
+        self,
+        state: Any,
+        queue: Queue[Message],
+        nodes_mapping: dict[int, int],
+        f_stop: threading.Event,
+    ) -> None:
+        """Flower's loop moving the nodes' messages into the engine's queue, woken by pushes."""
+        next_scan = 0.0
+        while not f_stop.is_set():
+            if self.messages_pushed.is_set() or time.monotonic() >= next_scan:
+                self.messages_pushed.clear()  # a push from here on is seen by the next scan
+                signalled = self.grid_signals.is_set()
+                rescan = ENGINE_IDLE_RESCAN if signalled else FLOWER_POLL_INTERVAL
+                next_scan = time.monotonic() + rescan
+                for node_id in nodes_mapping:
+                    for message in state.get_message_ins(node_id=node_id, limit=1):
+                        queue.put(message)
+            self.messages_pushed.wait(FLOWER_POLL_INTERVAL)  # and notice `f_stop` as Flower does
 
-def put_message_into_state(state: Any, queue: Queue[Message], f_stop: threading.Event) -> None:
-    """Flower's loop storing the nodes' replies, signalling each to the grid."""
-    while not f_stop.is_set():
-        try:
-            reply = queue.get(timeout=1.0)
-        except Empty:
-            continue
-        state.store_message_res(reply)
-        _reply_stored.set()
-
-
-_REPLACEMENTS: dict[str, Callable[..., None]] = {
-    "add_messages_to_queue": add_messages_to_queue,
-    "put_message_into_state": put_message_into_state,
-}
-_warned = False
+    def put_message_into_state(
+        self, state: Any, queue: Queue[Message], f_stop: threading.Event
+    ) -> None:
+        """Flower's loop storing the nodes' replies, signalling each to the grid."""
+        while not f_stop.is_set():
+            try:
+                reply = queue.get(timeout=1.0)
+            except Empty:
+                continue
+            state.store_message_res(reply)
+            self.reply_stored.set()
 
 
 def engine_mismatch(engine: Any) -> str | None:
@@ -114,40 +121,42 @@ def engine_mismatch(engine: Any) -> str | None:
         current = getattr(engine, name, None)
         if current is None:
             return f"it has no {name}"
-        if current is _REPLACEMENTS[name]:
-            continue
         parameters = tuple(inspect.signature(current).parameters)
         if parameters != expected:
             return f"its {name} takes {parameters}, not {expected}"
     return None
 
 
-def install_engine_wakeups() -> bool:
-    """Replace the engine's hand-over loops by event-driven ones; True if they are in place.
+def engine_loaded() -> bool:
+    """Whether this process runs (or is about to run) Flower's simulation engine."""
+    return ENGINE_MODULE in sys.modules
 
-    Leaves Flower's loops (and warns once) when the engine is not the one written for.
+
+@contextmanager
+def engine_wakeups() -> Iterator[EngineWakeups | None]:
+    """Run the engine's hand-over loops event-driven for the `with` block; then Flower's again.
+
+    Yields the run's `EngineWakeups` (whose `wrap_grid` the `ServerApp` calls), or None when
+    Flower's engine is not the one written for (one warning; Flower's polling stays).
     """
-    global _warned
-    import importlib
-
     engine = importlib.import_module(ENGINE_MODULE)
     mismatch = engine_mismatch(engine)
     if mismatch is not None:
-        if not _warned:
-            _warned = True
-            print(
-                f"warning: fast_polling: Flower's simulation engine ({ENGINE_MODULE}) is not "
-                f"the one fedavg_mnist was written for ({mismatch}); using Flower's own 100 ms "
-                "polling",
-                file=sys.stderr,
-                flush=True,
-            )
-        return False
-    for name, replacement in _REPLACEMENTS.items():
-        setattr(engine, name, replacement)
-    return True
-
-
-def install_if_engine_loaded() -> bool:
-    """Install the wake-ups in a process that runs Flower's simulation engine; else nothing."""
-    return ENGINE_MODULE in sys.modules and install_engine_wakeups()
+        print(
+            f"warning: fast_polling: Flower's simulation engine ({ENGINE_MODULE}) is not "
+            f"the one fedavg_mnist was written for ({mismatch}); using Flower's own 100 ms "
+            "polling",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield None
+        return
+    wakeups = EngineWakeups()
+    originals = {name: getattr(engine, name) for name in ENGINE_LOOPS}
+    for name in ENGINE_LOOPS:
+        setattr(engine, name, getattr(wakeups, name))
+    try:
+        yield wakeups
+    finally:
+        for name, original in originals.items():
+            setattr(engine, name, original)

@@ -1,56 +1,32 @@
 """The run directory's guarantees: results never overwritten, a resume only of the same run.
 
-The `ServerApp` checks them whichever launcher started it; the Hydra CLI also checks them
-before it starts the simulation, so bad input ends before Ray starts.
+`check_output_dir` only looks (the CLI calls it before Hydra writes anything);
+`prepare_run_dir` checks and then creates the folder, once per run, whichever launcher
+started it.
 """
 
-import tempfile
+import os
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
-
-from .checkpoint import CHECKPOINT_FILE
-from .config import flatten, to_plain_dict
-from .errors import UserError
-from .results import RESULTS_FILE, load_results
-
-# Settings that may change when a run is resumed: they do not change its results (and
-# settings earlier versions recorded that the config no longer has).
-RESUMABLE_CHANGES = (
-    "resume",
-    "target_accuracy",
-    "model.target_accuracy",
-    "model.lr",
-    "num_rounds",
-    "stop_at_target",
-    "checkpoint_every",
-    "device",
-    "cuda_graphs",
-    "client_resources",
-    "fast_polling",
-    "verbose",
-    "output_dir",
-    "dataset.root",
-    "dataset.download",
-    "dataset.verify_checksums",
-)
+from fedavg_mnist.checkpoint import CHECKPOINT_FILE
+from fedavg_mnist.config import RESULT_SETTINGS, RunConfig, flatten
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
 
 
-def check_writable_location(path: Path) -> None:
-    """Fail in one line when `path` cannot be created or written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise UserError(f"output directory {path} is not writable: {err.strerror or err}") from err
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
-def prepare_output_dir(output_dir: Path, resume: bool = False) -> None:
-    """Make sure results can be written there and none would be overwritten.
+def check_output_dir(output_dir: Path, resume: bool = False) -> None:
+    """Fail in one line if results would be overwritten, or nothing is there to resume.
 
-    With `resume`, the directory must instead hold a checkpoint to continue from.
+    Writes nothing: a folder that does not exist yet must be one the user may create.
     """
+    output_dir = output_dir.expanduser().resolve()
     results = output_dir / RESULTS_FILE
     if resume:
         if not (output_dir / CHECKPOINT_FILE).is_file():
@@ -59,33 +35,43 @@ def prepare_output_dir(output_dir: Path, resume: bool = False) -> None:
         raise UserError(
             f"{results} already exists: choose another output directory (or resume=true)"
         )
-    check_writable_location(output_dir)
+    existing = _nearest_existing(output_dir)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {output_dir} is not writable: {existing} is not")
 
 
-def check_resumable(cfg: DictConfig) -> None:
+def result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Return the settings that change results, from a recorded config of any version."""
+    flat = flatten(config)
+    flat["partition"] = partition_name(config)
+    return {key: flat.get(key) for key in RESULT_SETTINGS}
+
+
+def check_resumable(config: RunConfig) -> None:
     """Refuse to resume a run under other settings or one that has nothing left to do."""
-    previous = load_results(Path(cfg.output_dir))
-    saved, now = flatten(previous["config"]), flatten(to_plain_dict(cfg))
-    changed = sorted(
-        key
-        for key in saved.keys() | now.keys()
-        if saved.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)
-    )
+    previous = load_results(Path(config.output_dir))
+    saved, now = result_settings(previous["config"]), result_settings(config.record())
+    changed = [key for key in RESULT_SETTINGS if saved[key] != now[key]]
     if changed:
         key = changed[0]
         raise UserError(
-            f"cannot resume {cfg.output_dir} with {key}={now.get(key)}: "
-            f"the run used {key}={saved.get(key)}"
+            f"cannot resume {config.output_dir} with {key}={now[key]}: "
+            f"the run used {key}={saved[key]}"
         )
-    if previous.get("finished") and previous.get("completed_rounds", 0) >= cfg.num_rounds:
+    if previous.get("finished") and previous.get("completed_rounds", 0) >= config.num_rounds:
         raise UserError(
-            f"nothing to resume: {cfg.output_dir} finished its {previous['completed_rounds']} "
-            "rounds (raise num_rounds to continue it)"
+            f"nothing to resume: {config.output_dir} finished its "
+            f"{previous['completed_rounds']} rounds (raise num_rounds to continue it)"
         )
 
 
-def check_run_dir(cfg: DictConfig) -> None:
-    """Check that the run may write (or resume) its absolute `output_dir`."""
-    prepare_output_dir(Path(cfg.output_dir), cfg.resume)
-    if cfg.resume:
-        check_resumable(cfg)
+def prepare_run_dir(config: RunConfig) -> None:
+    """Check that the run may write (or resume) its `output_dir`, then create the folder."""
+    output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, config.resume)
+    if config.resume:
+        check_resumable(config)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output directory {output_dir} is not writable: {err.strerror}") from err

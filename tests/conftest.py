@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,21 +80,35 @@ def run_cli(
     )
 
 
+# The tiny run: 2 rounds of the 2NN on 4 clients, 2 a round, in the keys both launchers share.
+TINY_SETTINGS: dict[str, bool | int | float | str] = {
+    "model.name": "mlp",
+    "num_clients": 4,
+    "client_fraction": 0.5,
+    "local_epochs": 1,
+    "batch_size": 10,
+    "num_rounds": 2,
+    "dataset.download": False,
+    "dataset.verify_checksums": False,
+}
+
+
 def tiny_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    """A 2-round MLP run of 4 clients on the synthetic IDX files under `root`."""
-    return [
-        "model=mlp",
-        "num_clients=4",
-        "client_fraction=0.5",
-        "local_epochs=1",
-        "batch_size=10",
-        "num_rounds=2",
-        f"dataset.root={root}",
-        "dataset.download=false",
-        "dataset.verify_checksums=false",
-        f"hydra.run.dir={run_dir}",
-        *extra,
+    """The tiny run's Hydra overrides, on the synthetic IDX files under `root`."""
+    settings = [
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_SETTINGS.items()
     ]
+    return [*settings, f"dataset.root={root}", f"hydra.run.dir={run_dir}", *extra]
+
+
+@pytest.fixture
+def flower_task_identity() -> Iterator[None]:
+    """Messages need the identity Flower's runtime sets in each process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any
 
 from conftest import PROJECT_ROOT
 
+from fedavg_mnist.ops.deployment import toml_value
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now."""
@@ -101,7 +103,7 @@ class FlowerHome:
 
     def submit(self, run_config: dict[str, Any], federation_config: str) -> int:
         """`flwr run .` with these settings; return the run ID without waiting for the run."""
-        pairs = [f"{key}={json.dumps(value)}" for key, value in run_config.items()]
+        pairs = [f"{key}={toml_value(value)}" for key, value in run_config.items()]
         result = self.flwr(
             "run", ".", "--run-config", " ".join(pairs), "--federation-config", federation_config
         )

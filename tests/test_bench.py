@@ -1,12 +1,11 @@
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from benchmarks.round_time import Floor, client_tensors, compose_config, compute_floor, format_table
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.partitions import client_partitions
 
 
-def _config(root: Path, tmp_path: Path) -> DictConfig:
+def _config(root: Path, tmp_path: Path) -> RunConfig:
     return compose_config(
         str(root),
         tmp_path / "out",
@@ -64,7 +63,7 @@ def test_deployment_cost_reads_rounds_after_round_0_and_splits_off_evaluation(
     tmp_path: Path,
 ) -> None:
     from benchmarks.deployment_cost import round_figures
-    from fedavg_mnist.results import write_json_atomic
+    from fedavg_mnist.storage import write_json_atomic
 
     history = [
         {"round": 0, "accuracy": 0.1, "seconds": 50.0, "eval_seconds": 1.0},  # start-up

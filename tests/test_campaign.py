@@ -7,9 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT_ROOT, TinyRun
 
-from fedavg_mnist.results import machine_description
+from fedavg_mnist.machine import machine_description
+from fedavg_mnist.ops.campaign_queue import rounds_logged
+
+pytestmark = pytest.mark.slow  # starts the queue and its runs in processes
 
 
 def _queue(tmp_path: Path, root: Path, cells: dict[str, list[str]]) -> Path:
@@ -35,14 +39,7 @@ def _queue(tmp_path: Path, root: Path, cells: dict[str, list[str]]) -> Path:
 
 
 def _campaign(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedavg_mnist.campaign", *args]
-
-
-def _rounds(run_dir: Path) -> int:
-    try:
-        return len((run_dir / "rounds.jsonl").read_text().splitlines())
-    except FileNotFoundError:
-        return 0
+    return [sys.executable, "-m", "fedavg_mnist.ops.campaign", *args]
 
 
 def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
@@ -56,7 +53,7 @@ def test_a_stopped_queue_resumes_its_cell_and_skips_the_done_one(
     shutil.copytree(tiny_run.run_dir, runs / "short", ignore=shutil.ignore_patterns("*.pt"))
     running = subprocess.Popen(_campaign("run", str(queue)), cwd=PROJECT_ROOT)
     deadline = time.monotonic() + 300
-    while _rounds(runs / "long") < 3 and time.monotonic() < deadline:
+    while rounds_logged(runs / "long") < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     stop = subprocess.run(_campaign("stop", str(queue)), cwd=PROJECT_ROOT, timeout=120)
     assert stop.returncode == 0 and running.wait(60) == 0

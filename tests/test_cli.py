@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from conftest import TinyRun, finished_history, run_cli, tiny_overrides
 
+pytestmark = pytest.mark.slow  # each test starts the CLI in a process of its own
+
 
 def _tiny(root: Path, run_dir: Path, *extra: str) -> list[str]:
     return tiny_overrides(root, run_dir, *extra)
@@ -25,15 +27,15 @@ def _assert_one_line_error(result, pattern: str, status: int = 2) -> None:
     ("override", "pattern"),
     [
         ("model=resnet", "unknown model 'resnet': choose one of cnn, mlp"),
-        ("partition=dirichlet", "unknown partition 'dirichlet'"),
+        ("partition=dirichlet", "partition must be one of iid, pathological, got dirichlet"),
         ("client_fraction=1.5", "client_fraction must be in [0, 1]"),
         ("client_fraction=-0.1", "client_fraction must be in [0, 1]"),
         ("local_epochs=0", "local_epochs must be >= 1"),
-        ("batch_size=0", "batch_size must be >= 1"),
+        ("batch_size=0", "batch_size must be >= 1, or inf"),
         ("num_rounds=0", "num_rounds must be >= 1"),
         ("lr=0", "lr must be > 0"),
         ("lr=-1", "lr must be > 0"),
-        ("local_epochs=many", "could not be converted to Integer"),
+        ("local_epochs=many", "local_epochs must be an integer, got 'many'"),
         ("no_such_key=1", "Could not override 'no_such_key'"),
     ],
 )
@@ -49,12 +51,16 @@ def test_k_that_does_not_divide_into_shards(synthetic_root: Path, tmp_path: Path
         *_tiny(synthetic_root, tmp_path / "run", "partition=pathological", "num_clients=7")
     )
     _assert_one_line_error(result, "invalid partition")
+    assert not (tmp_path / "run").exists()  # told before Hydra writes its `.hydra/`
 
 
-def test_missing_mnist_says_where_to_put_it(tmp_path: Path) -> None:
-    result = run_cli(*_tiny(tmp_path / "empty", tmp_path / "run"))
-    _assert_one_line_error(result, "MNIST not found: put train-images-idx3-ubyte")
-    assert str(tmp_path / "empty" / "MNIST" / "raw") in result.stderr
+def test_missing_mnist_says_where_to_put_it_and_writes_nothing(tmp_path: Path) -> None:
+    """Without `hydra.run.dir`: no `outputs/<date>/<time>/.hydra`, no empty data folder."""
+    overrides = [o for o in _tiny(tmp_path / "empty", tmp_path / "run") if "run.dir" not in o]
+    result = run_cli(*overrides, cwd=tmp_path)
+    _assert_one_line_error(result, f"MNIST not found in {tmp_path / 'empty' / 'MNIST' / 'raw'}")
+    assert "dataset.root=" in result.stderr and "FEDAVG_MNIST_DATA" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
 def test_truncated_mnist_file(synthetic_root: Path, tmp_path: Path) -> None:
@@ -98,7 +104,7 @@ def test_two_rounds_end_to_end_write_valid_results(tiny_run: TinyRun) -> None:
     assert results["config"]["model"]["name"] == "mlp"
     assert results["config"]["num_clients"] == 4
     assert results["config"]["batch_size"] == 10
-    assert results["versions"]["flwr"] == "1.41.0"
+    assert results["versions"]["flwr"] == "1.42.0"
     assert results["num_parameters"] == 199_210
     assert results["completed_rounds"] == 2
     best = max(r["accuracy"] for r in results["history"][1:])

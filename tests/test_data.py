@@ -1,5 +1,7 @@
 import gzip
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,22 +9,29 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, synthetic_digits, write_idx, write_synthetic_mnist
 from flwr_datasets.partitioner import IidPartitioner, ShardPartitioner
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from fedavg_mnist import mnist as data
-from fedavg_mnist.config import register_schema
+from fedavg_mnist.config import PARTITIONS, DatasetConfig, RunConfig
 from fedavg_mnist.errors import UserError
-from fedavg_mnist.mnist import MNIST_MEAN, MNIST_STD, ensure_mnist, load_mnist, read_idx
+from fedavg_mnist.mnist import (
+    MNIST_MEAN,
+    MNIST_STD,
+    ensure_mnist,
+    load_data,
+    load_mnist,
+    read_idx,
+)
+from fedavg_mnist.overrides import compose_run_config
 from fedavg_mnist.partitions import (
+    PARTITIONERS,
     PARTITIONS_FILE,
     client_partitions,
     load_partitions,
-    make_partitioner,
     partition_indices,
     partitions_key,
     run_partitions,
     save_partitions,
+    save_run_partitions,
 )
 
 
@@ -72,9 +81,14 @@ def test_missing_files_name_the_folder_and_files(tmp_path: Path) -> None:
 
 def test_failed_download_ends_in_the_same_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(data, "MNIST_MIRRORS", ("http://127.0.0.1:9/",))
-    with pytest.raises(UserError, match="MNIST not found: put"):
+    with pytest.raises(UserError, match="MNIST not found in .*Put the four IDX files") as err:
         ensure_mnist(tmp_path, download=True)
-    assert not list((tmp_path / "MNIST" / "raw").glob(".*part*"))
+    message = str(err.value)
+    assert "the download failed: http://127.0.0.1:9/" in message  # and says why
+    assert "\n" not in message
+    # no partial download is left, nor the folders the download created
+    assert not (tmp_path / "MNIST").exists()
+    assert tmp_path.is_dir()  # the root was there before: it stays
 
 
 def test_checksum_mismatch_is_reported(tmp_path: Path) -> None:
@@ -110,9 +124,15 @@ def test_download_with_wrong_checksum_is_not_kept(tmp_path: Path, monkeypatch) -
     for name in data.MNIST_SHA256:
         write_idx(mirror / name, labels, gz=True)
     monkeypatch.setattr(data, "MNIST_MIRRORS", (f"file://{mirror}/",))
+    with pytest.raises(UserError, match="MNIST not found.*SHA-256 mismatch"):
+        ensure_mnist(tmp_path / "root", download=True)
+    assert not (tmp_path / "root").exists()  # nothing kept, not even the folders it made
+    # a folder that was there before the download is kept, still without the bad files
+    raw = data.raw_dir(tmp_path / "root")
+    raw.mkdir(parents=True)
     with pytest.raises(UserError, match="MNIST not found"):
         ensure_mnist(tmp_path / "root", download=True)
-    assert not list(data.raw_dir(tmp_path / "root").iterdir())
+    assert raw.is_dir() and not list(raw.iterdir())
 
 
 def test_load_mnist_normalizes_into_tensors(synthetic_root: Path) -> None:
@@ -124,6 +144,21 @@ def test_load_mnist_normalizes_into_tensors(synthetic_root: Path) -> None:
     expected = (images[3].astype(np.float32) / 255 - MNIST_MEAN) / MNIST_STD
     np.testing.assert_allclose(mnist.train_images[3, 0].numpy(), expected, rtol=1e-6)
     np.testing.assert_array_equal(mnist.train_labels.numpy(), labels)
+    # a run's dataset settings name the same files; normalize=false keeps pixels in [0, 1]
+    dataset = DatasetConfig(
+        root=str(synthetic_root), download=False, verify_checksums=False, normalize=False
+    )
+    unscaled = load_data(dataset)
+    np.testing.assert_allclose(unscaled.train_images[3, 0].numpy(), images[3] / 255, rtol=1e-6)
+    np.testing.assert_array_equal(unscaled.test_labels.numpy(), mnist.test_labels.numpy())
+
+
+def test_reading_mnist_and_partitions_needs_no_torch() -> None:
+    code = (
+        "import sys, fedavg_mnist.mnist, fedavg_mnist.partitions; sys.exit('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, timeout=120)
+    assert result.returncode == 0
 
 
 def _labels(num: int = 60_000) -> np.ndarray:
@@ -146,16 +181,7 @@ def test_iid_partition_sizes_disjoint_union_and_determinism() -> None:
 
 def test_pathological_partition_is_two_shards_of_sorted_labels() -> None:
     labels = _labels()
-    partitioner = make_partitioner(
-        {
-            "_target_": "flwr_datasets.partitioner.ShardPartitioner",
-            "num_partitions": 100,
-            "partition_by": "label",
-            "num_shards_per_partition": 2,
-            "shard_size": None,
-            "seed": 0,
-        }
-    )
+    partitioner = PARTITIONERS["pathological"](100, 0)
     parts = partition_indices(labels, partitioner, seed=0)
     assert [len(p) for p in parts] == [600] * 100
     assert len(np.unique(np.concatenate(parts))) == 60_000
@@ -166,24 +192,17 @@ def test_pathological_partition_is_two_shards_of_sorted_labels() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
-def test_unknown_partitioner_class_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="invalid partition"):
-        make_partitioner({"_target_": "flwr_datasets.partitioner.NoSuchPartitioner"})
+def test_unknown_partition_is_a_user_error() -> None:
+    assert tuple(PARTITIONERS) == PARTITIONS  # the config accepts exactly the registry's names
+    with pytest.raises(UserError, match="partition must be one of iid, pathological"):
+        compose_run_config(["partition=NoSuchPartitioner"])
 
 
-def _run_cfg(root: Path, output_dir: Path, *overrides: str) -> DictConfig:
-    register_schema()
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                "num_clients=4",
-                f"dataset.root={root}",
-                "dataset.verify_checksums=false",
-                f"output_dir={output_dir}",
-                *overrides,
-            ],
-        )
+def _run_cfg(root: Path, output_dir: Path, *overrides: str) -> RunConfig:
+    return compose_run_config(
+        ["num_clients=4", f"dataset.root={root}", "dataset.verify_checksums=false", *overrides],
+        str(output_dir),
+    )
 
 
 def test_saved_partitions_round_trip_and_are_keyed(synthetic_root: Path, tmp_path: Path) -> None:
@@ -209,3 +228,17 @@ def test_workers_read_the_runs_saved_partitions(synthetic_root: Path, tmp_path: 
     assert run_partitions(cfg)[0].tolist() == computed[1].tolist()
     elsewhere = _run_cfg(synthetic_root, tmp_path / "no-file", "seed=3")
     assert run_partitions(elsewhere)[0].tolist() == computed[0].tolist()
+
+
+def test_a_run_saves_its_partitions_once(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _run_cfg(synthetic_root, tmp_path, "partition=pathological", "seed=4")
+    save_run_partitions(cfg)
+    saved = load_partitions(tmp_path / PARTITIONS_FILE, partitions_key(cfg))
+    assert saved is not None
+    assert [p.tolist() for p in saved] == [p.tolist() for p in client_partitions(cfg)]
+    # partitions saved for this key are kept, not drawn again
+    swapped = (saved[1], saved[0], *saved[2:])
+    save_partitions(tmp_path / PARTITIONS_FILE, partitions_key(cfg), swapped)
+    save_run_partitions(cfg)
+    kept = load_partitions(tmp_path / PARTITIONS_FILE, partitions_key(cfg))
+    assert kept is not None and kept[0].tolist() == saved[1].tolist()

@@ -12,7 +12,9 @@ import pytest
 from conftest import PROJECT_ROOT, TinyRun, finished_history
 from flower import free_port, kill_sessions, processes_in_sessions, sessions_of
 
-from fedavg_mnist.certificates import make_supernode_key
+from fedavg_mnist.ops.certificates import make_supernode_key
+
+pytestmark = pytest.mark.slow  # starts SuperLinks and SuperNodes
 
 TINY_RUN_CONFIG = (
     "model.name='mlp' client_fraction=0.5 local_epochs=1 batch_size=10 num_rounds={rounds} "
@@ -25,7 +27,7 @@ def _deploy(data_root: Path, output_dir: Path, rounds: int) -> subprocess.Popen[
         [
             sys.executable,
             "-m",
-            "fedavg_mnist.deployment",
+            "fedavg_mnist.ops.deployment",
             "--supernodes",
             "4",
             "--run-config",
@@ -122,7 +124,7 @@ def test_a_supernode_killed_mid_run_ends_the_deployment_at_once(
 
 def test_insecure_is_refused_off_loopback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fedavg_mnist.deployment", "--insecure", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "fedavg_mnist.ops.deployment", "--insecure", "--host", "0.0.0.0"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

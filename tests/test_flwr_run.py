@@ -2,25 +2,18 @@
 
 import re
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, TinyRun, finished_history
+from conftest import PROJECT_ROOT, TINY_SETTINGS, TinyRun, finished_history
 from flower import FlowerHome
 
-# The tiny run of `tiny_overrides`, in `--run-config`'s keys (Hydra's overrides' keys).
-TINY = {
-    "model.name": "mlp",
-    "num_clients": 4,
-    "client_fraction": 0.5,
-    "local_epochs": 1,
-    "batch_size": 10,
-    "num_rounds": 2,
-    "dataset.download": False,
-    "dataset.verify_checksums": False,
-}
+pytestmark = pytest.mark.slow  # starts Flower's local SuperLink and `flwr` commands
+
+TINY = TINY_SETTINGS  # the tiny run of `tiny_overrides`, in `--run-config`'s keys
 SIMULATION = "num-supernodes=4 client-resources-num-cpus=1"
 ONE_LINE_ERROR = re.compile(r"^ERROR\s*:\s+error: ")  # Flower's log line holding ours
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
@@ -82,6 +75,7 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
     for round_number in (0, 1, 2):
         assert f"round {round_number:4d}  accuracy" in log
     assert "Traceback" not in log
+    assert "[ROUND" not in log  # Flower's round lines, one ahead of ours, are left out
 
     for failed_id, (_, _, message) in zip(failed_ids, failing, strict=True):
         log = flower.log(failed_id, until="error: ")
@@ -95,12 +89,34 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
     assert _tracked_changes() == tracked_before  # `flwr` rewrote no file of the repo
 
 
-def test_the_app_bundle_holds_code_not_results(tmp_path: Path) -> None:
-    """`flwr build`: what Flower ships to a SuperLink for each run."""
+def test_the_app_bundle_holds_the_apps_modules_only(tmp_path: Path) -> None:
+    """`flwr build`: what Flower ships to a SuperLink for each run, and that it stands alone."""
     home = FlowerHome(tmp_path)
     result = home.flwr("build", "--app", str(PROJECT_ROOT), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (fab,) = tmp_path.glob("*.fab")
-    names = zipfile.ZipFile(fab).namelist()
-    assert "fedavg_mnist/server.py" in names and "conf/partition/iid.yaml" in names
-    assert not [name for name in names if name.startswith(("docs/", "tests/", "outputs/"))]
+    names = sorted(zipfile.ZipFile(fab).namelist())
+    modules = [name for name in names if name.endswith(".py")]
+    assert "fedavg_mnist/server_app.py" in modules and "fedavg_mnist/client_app.py" in modules
+    assert [name for name in names if not name.endswith(".py")] == [
+        ".info/CONTENT",
+        "pyproject.toml",
+    ]
+    assert not [m for m in modules if m.startswith(("fedavg_mnist/analysis", "fedavg_mnist/ops"))]
+    assert "fedavg_mnist/main.py" not in modules  # the Hydra CLI is a launcher, not the app
+    # the bundle's modules import nothing outside it
+    bundle = tmp_path / "bundle"
+    zipfile.ZipFile(fab).extractall(bundle)
+    code = (
+        "import sys; sys.path.insert(0, '.'); import fedavg_mnist.server_app, "
+        "fedavg_mnist.client_app; print(sorted(m for m in sys.modules if m.startswith('fedavg_')"
+        " and not sys.modules[m].__file__.startswith(sys.path[0] or '.')))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-I", "-c", code.replace("sys.path[0] or '.'", repr(str(bundle)))],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "[]"

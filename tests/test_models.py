@@ -7,15 +7,8 @@ from torch.nn import functional as F
 
 from fedavg_mnist.config import MODELS
 from fedavg_mnist.errors import UserError
-from fedavg_mnist.models import (
-    MODEL_CLASSES,
-    Cnn,
-    Mlp,
-    bf16_is_slow,
-    build_model,
-    cpu_flags,
-    num_parameters,
-)
+from fedavg_mnist.machine import cpu_flags
+from fedavg_mnist.models import MODEL_CLASSES, Cnn, Mlp, bf16_is_slow, build_model, num_parameters
 
 
 @pytest.mark.parametrize(("name", "cls", "count"), [("cnn", Cnn, 1_663_370), ("mlp", Mlp, 199_210)])
@@ -56,6 +49,7 @@ def test_bf16_is_slow_only_on_cpus_without_bf16_units(
 ) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_flags(cpuinfo) == set(flags.split())
     assert bf16_is_slow(torch.device("cpu"), cpuinfo) is slow
     assert bf16_is_slow(torch.device("cuda"), cpuinfo) is False
 

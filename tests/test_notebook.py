@@ -3,13 +3,18 @@
 import os
 
 import nbformat
+import pytest
 from conftest import PROJECT_ROOT, TinyRun
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # runs the notebook in Jupyter's kernel
 
 
 def test_plots_notebook_runs_on_saved_results(tiny_run: TinyRun, monkeypatch) -> None:
     notebook = nbformat.read(PROJECT_ROOT / "docs" / "plots.ipynb", as_version=4)
-    monkeypatch.setenv("FEDAVG_RESULTS", str(tiny_run.run_dir))
+    # relative, as typed in the shell the notebook was started from (not docs/, Jupyter's cwd)
+    monkeypatch.setenv("PWD", str(tiny_run.run_dir.parent))
+    monkeypatch.setenv("FEDAVG_RESULTS", tiny_run.run_dir.name)
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
     )

@@ -17,14 +17,18 @@ def engine(monkeypatch: pytest.MonkeyPatch):
     """Flower's engine module, its loops put back after the test."""
     for name in polling.ENGINE_LOOPS:
         monkeypatch.setattr(vce_api, name, getattr(vce_api, name))
-    monkeypatch.setattr(polling, "_warned", False)
     return vce_api
 
 
-def test_the_wakeups_replace_the_engines_loops(engine) -> None:
-    assert polling.install_engine_wakeups() is True
-    assert engine.add_messages_to_queue is polling.add_messages_to_queue
-    assert engine.put_message_into_state is polling.put_message_into_state
+def test_a_runs_wakeups_replace_the_engines_loops_for_the_run_only(engine) -> None:
+    flowers = {name: getattr(engine, name) for name in polling.ENGINE_LOOPS}
+    with polling.engine_wakeups() as wakeups:
+        assert wakeups is not None
+        assert engine.add_messages_to_queue == wakeups.add_messages_to_queue
+        assert engine.put_message_into_state == wakeups.put_message_into_state
+        with polling.engine_wakeups() as next_run:  # a second run has events of its own
+            assert next_run is not None and next_run.reply_stored is not wakeups.reply_stored
+    assert {name: getattr(engine, name) for name in polling.ENGINE_LOOPS} == flowers
 
 
 def test_an_engine_of_another_shape_keeps_its_own_loops_with_one_warning(
@@ -33,10 +37,11 @@ def test_an_engine_of_another_shape_keeps_its_own_loops_with_one_warning(
     def add_messages_to_queue(state, queue, nodes_mapping, f_stop, metrics): ...
 
     engine.add_messages_to_queue = add_messages_to_queue
-    assert polling.install_engine_wakeups() is False
-    assert polling.install_engine_wakeups() is False
-    assert engine.add_messages_to_queue is add_messages_to_queue  # Flower's own stays
-    assert engine.put_message_into_state is not polling.put_message_into_state
+    put_message_into_state = engine.put_message_into_state
+    with polling.engine_wakeups() as wakeups:
+        assert wakeups is None
+        assert engine.add_messages_to_queue is add_messages_to_queue  # Flower's own stays
+        assert engine.put_message_into_state is put_message_into_state
     warnings = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(warnings) == 1 and "takes ('state', 'queue', 'nodes_mapping'" in warnings[0]
 
@@ -60,12 +65,13 @@ def test_a_push_wakes_the_engine_and_a_stored_reply_wakes_the_grid() -> None:
     state, stop = _State(), threading.Event()
     inbox: Queue[str] = Queue()
     replies: Queue[str] = Queue()
-    polling._grid_signals.set()  # a wrapped grid: the engine rescans only once a second
+    wakeups = polling.EngineWakeups()
+    wakeups.grid_signals.set()  # a wrapped grid: the engine rescans only once a second
     loops = [
         threading.Thread(
-            target=polling.add_messages_to_queue, args=(state, inbox, {1: 0, 2: 1}, stop)
+            target=wakeups.add_messages_to_queue, args=(state, inbox, {1: 0, 2: 1}, stop)
         ),
-        threading.Thread(target=polling.put_message_into_state, args=(state, replies, stop)),
+        threading.Thread(target=wakeups.put_message_into_state, args=(state, replies, stop)),
     ]
     for loop in loops:
         loop.start()
@@ -73,17 +79,18 @@ def test_a_push_wakes_the_engine_and_a_stored_reply_wakes_the_grid() -> None:
         time.sleep(0.2)  # past the first scan
         state.pending[2].append("train")
         pushed = time.monotonic()
-        polling._messages_pushed.set()
+        wakeups.messages_pushed.set()
         assert inbox.get(timeout=0.5) == "train"
-        assert time.monotonic() - pushed < 0.09  # woken, not found by the next 100 ms poll
-        polling._reply_stored.clear()
+        # woken by the push: unsignalled, the next scan would come 0.8 s later (a rescan a
+        # second once the grid signals); half that leaves room for a loaded machine
+        assert time.monotonic() - pushed < 0.4
+        wakeups.reply_stored.clear()
         replies.put("reply")
-        assert polling._reply_stored.wait(0.5) and state.stored == ["reply"]
+        assert wakeups.reply_stored.wait(0.5) and state.stored == ["reply"]
     finally:
         stop.set()
         for loop in loops:
             loop.join()
-        polling._grid_signals.clear()
 
 
 def test_progress_is_one_line_per_round_when_piped_and_a_bar_on_a_terminal() -> None:

@@ -12,6 +12,8 @@ import pytest
 from conftest import run_cli, tiny_overrides
 from flower import free_port, kill_sessions, processes_in_sessions
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster and the CLI
+
 
 def _ray_start(*args: str) -> subprocess.Popen[bytes]:
     """`ray start ... --block` in a session of its own, so the test stops just this cluster."""
@@ -91,27 +93,3 @@ def test_a_cluster_that_cannot_host_the_clients_ends_the_run_at_once(
     assert len(lines) == 1 and lines[0].startswith(
         "error: the simulation failed: ActorPool is empty"
     )
-
-
-@pytest.mark.parametrize(
-    ("engine", "ray_address", "expected"),
-    [
-        (True, None, "local"),  # flwr run's engine: a Ray of the run's own
-        (True, "127.0.0.1:6379", "127.0.0.1:6379"),  # the user's cluster is kept
-        (False, None, None),  # no engine in the process (a SuperNode's ClientApp): untouched
-    ],
-)
-def test_flower_engine_starts_a_ray_of_its_own_unless_a_cluster_is_named(
-    engine: bool, ray_address: str | None, expected: str | None
-) -> None:
-    """Flower's engine calls `ray.init()` without an address, which would join any Ray on
-    the machine (another run's): importing the ClientApp beside the engine prevents that."""
-    imports = "import flwr.server.superlink.fleet.vce.vce_api; " if engine else ""
-    script = f"{imports}import os, fedavg_mnist.client; print(os.environ.get('RAY_ADDRESS'))"
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    if ray_address:
-        env["RAY_ADDRESS"] = ray_address
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == str(expected)

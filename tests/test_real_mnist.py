@@ -3,7 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import real_mnist_root, run_cli
+
+pytestmark = pytest.mark.slow  # runs the CLI on the real MNIST
 
 
 def test_mlp_reaches_92_percent_within_5_rounds(tmp_path: Path) -> None:

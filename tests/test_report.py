@@ -9,12 +9,23 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-from fedavg_mnist.reading import first_round_at_target, rounds_to_target, summarize
-from fedavg_mnist.runs import load_runs
-from fedavg_mnist.tables import write_report
+from fedavg_mnist.analysis.report import write_report
+from fedavg_mnist.analysis.saved_runs import load_runs
+from fedavg_mnist.records import partition_name
+from fedavg_mnist.rounds_to_target import first_round_at_target, rounds_to_target, summarize
 
-IID = "flwr_datasets.partitioner.IidPartitioner"
-SHARDS = "flwr_datasets.partitioner.ShardPartitioner"
+# A partition as results.json records it: by name, or (older files) as the flwr-datasets
+# partitioner's settings. The fake runs use both, the same cells holding runs of each form.
+IID, NON_IID = "iid", "pathological"
+OLD_IID: dict[str, object] = {"_target_": "flwr_datasets.partitioner.IidPartitioner"}
+OLD_SHARDS: dict[str, object] = {
+    "_target_": "flwr_datasets.partitioner.ShardPartitioner",
+    "num_partitions": 100,
+    "partition_by": "label",
+    "num_shards_per_partition": 2,
+    "shard_size": None,
+    "seed": 0,
+}
 
 
 def fake_run(
@@ -22,7 +33,7 @@ def fake_run(
     accuracies: list[float],
     *,
     model: str = "mlp",
-    partition: str = IID,
+    partition: str | dict[str, object] = IID,
     client_fraction: float = 0.1,
     local_epochs: int = 1,
     batch_size: int | None = 10,
@@ -39,7 +50,7 @@ def fake_run(
     document = {
         "config": {
             "model": {"name": model, **({"init": init} if init else {})},
-            "partition": {"_target_": partition},
+            "partition": partition,
             "num_clients": num_clients,
             "client_fraction": client_fraction,
             "local_epochs": local_epochs,
@@ -87,17 +98,24 @@ def fake_sweep(tmp_path: Path) -> Path:
     gpu: dict[str, object] = {"cpu": "Xeon", "gpu": "H200"}
     # 1.5 rounds: the best η of C=0.1; begun on a CPU, resumed on a GPU
     fake_run(sweep / "1", [0.1, 0.96, 0.98], lr=0.1, machines=[cpu, gpu])
-    fake_run(sweep / "2", [0.1, 0.9, 0.97], lr=0.2)  # 2.0 rounds
+    fake_run(sweep / "2", [0.1, 0.9, 0.97], lr=0.2, partition=OLD_IID)  # 2.0 rounds
     fake_run(sweep / "3", [0.1, 0.968, 0.95, 0.972], client_fraction=0.2)  # 2.5 rounds
     fake_run(sweep / "4", [0.1, 0.5], client_fraction=0.5, num_rounds=100, finished=False)
     fake_run(sweep / "5", [0.1, 0.5, 0.6], client_fraction=1.0)
     # non-IID B=10, C=0: neither η reaches 97%; the better final accuracy wins
-    fake_run(sweep / "6", [0.1, 0.8], partition=SHARDS, client_fraction=0.0, lr=0.05)
-    fake_run(sweep / "7", [0.1, 0.85], partition=SHARDS, client_fraction=0.0, lr=0.1)
+    fake_run(sweep / "6", [0.1, 0.8], partition=OLD_SHARDS, client_fraction=0.0, lr=0.05)
+    fake_run(sweep / "7", [0.1, 0.85], partition=NON_IID, client_fraction=0.0, lr=0.1)
     fake_run(sweep / "8", [0.1, 0.98], num_clients=10)  # in no paper table
     fake_run(sweep / "9", [0.1, 0.99], normalize=False)  # another setting than C=0.1's cell
     fake_run(sweep / "10", [0.1, 0.5, 0.99], init="truncated_normal")  # and another
     return sweep
+
+
+def test_both_recorded_forms_of_a_partition_read_as_its_name() -> None:
+    assert partition_name({"partition": IID}) == "iid"
+    assert partition_name({"partition": NON_IID}) == "pathological"
+    assert partition_name({"partition": OLD_IID}) == "iid"
+    assert partition_name({"partition": OLD_SHARDS}) == "pathological"
 
 
 def _cells(csv_path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
@@ -182,38 +200,43 @@ def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_report_and_plot_commands(fake_sweep: Path, tmp_path: Path) -> None:
-    report = _module("fedavg_mnist.report", str(fake_sweep))
-    assert report.returncode == 0, report.stderr
-    assert "11 runs" in report.stdout
+def test_report_and_plot_commands(
+    fake_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedavg_mnist.analysis import plot, report
+
+    assert report.main([str(fake_sweep)]) == 0
+    assert "11 runs" in capsys.readouterr().out
     assert (fake_sweep / "table.md").is_file() and (fake_sweep / "table.csv").is_file()
 
-    plot = _module("fedavg_mnist.plot", str(fake_sweep / "0"), str(fake_sweep / "1"))
-    assert plot.returncode == 0, plot.stderr
+    assert plot.main([str(fake_sweep / "0"), str(fake_sweep / "1")]) == 0
     png, pdf = fake_sweep / "0" / "accuracy_curves.png", fake_sweep / "0" / "accuracy_curves.pdf"
     assert png.read_bytes().startswith(b"\x89PNG")
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
 def test_figure_2_keeps_the_best_rate_per_method_in_a_panel_per_partition(tmp_path: Path) -> None:
-    from fedavg_mnist.figures import method_label, partition_name
-    from fedavg_mnist.runs import best_runs, load_runs
+    from fedavg_mnist.analysis.figures import method_label
+    from fedavg_mnist.analysis.figures import partition_name as paper_partition
+    from fedavg_mnist.analysis.saved_runs import best_runs, load_runs
 
     runs = tmp_path / "runs"
     fake_run(runs / "sgd_0.1", [0.1, 0.5, 0.9], batch_size=None, lr=0.1)
     fake_run(runs / "sgd_0.2", [0.1, 0.9, 0.98], batch_size=None, lr=0.2)  # the best rate
-    fake_run(runs / "avg", [0.1, 0.97], local_epochs=5, batch_size=10, lr=0.1, partition=SHARDS)
+    fake_run(runs / "avg", [0.1, 0.97], local_epochs=5, batch_size=10, lr=0.1, partition=OLD_SHARDS)
+    fake_run(runs / "avg_new", [0.1, 0.5], local_epochs=5, batch_size=10, lr=0.2, partition=NON_IID)
     best = best_runs(load_runs([runs]))
     kept = {run.path.parent.name for run, _ in best.values()}
-    assert kept == {"sgd_0.2", "avg"}
+    assert kept == {"sgd_0.2", "avg"}  # "avg_new", recorded by name, is the same setting
     documents = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/results.json")}
     assert method_label(documents["sgd_0.2"]) == "FedSGD E=1 B=∞ η=0.2"
     assert method_label(documents["avg"]) == "FedAvg E=5 B=10 η=0.1"
-    assert (partition_name(documents["sgd_0.2"]), partition_name(documents["avg"])) == (
+    assert (paper_partition(documents["sgd_0.2"]), paper_partition(documents["avg"])) == (
         "IID",
         "non-IID",
     )
-    plot = _module("fedavg_mnist.plot", str(runs), "--best-lr", "--by-partition")
+    assert paper_partition(documents["avg_new"]) == "non-IID"
+    plot = _module("fedavg_mnist.analysis.plot", str(runs), "--best-lr", "--by-partition")
     assert plot.returncode == 0, plot.stderr
     assert "2 runs" in plot.stdout
     assert (runs / "accuracy_curves.png").read_bytes().startswith(b"\x89PNG")
@@ -223,12 +246,13 @@ def test_figure_2_of_one_partition_has_one_panel(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     fake_run(runs / "sgd", [0.1, 0.5, 0.9], batch_size=None, lr=0.1)
     fake_run(runs / "avg", [0.1, 0.97], local_epochs=5, batch_size=10, lr=0.1)
-    plot = _module("fedavg_mnist.plot", str(runs), "--best-lr", "--by-partition")
+    plot = _module("fedavg_mnist.analysis.plot", str(runs), "--best-lr", "--by-partition")
     assert plot.returncode == 0, plot.stderr
     assert "2 runs" in plot.stdout
 
 
-@pytest.mark.parametrize("name", ["fedavg_mnist.report", "fedavg_mnist.plot"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fedavg_mnist.analysis.report", "fedavg_mnist.analysis.plot"])
 def test_commands_fail_in_one_line(name: str, tmp_path: Path) -> None:
     for args, pattern in (
         ([str(tmp_path / "absent")], "no such file or directory"),

@@ -9,14 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT_ROOT, TinyRun, finished_history, run_cli, tiny_overrides
 
+from fedavg_mnist.ops.campaign_queue import rounds_logged
 
-def _rounds_logged(run_dir: Path) -> int:
-    try:
-        return len((run_dir / "rounds.jsonl").read_text().splitlines())
-    except FileNotFoundError:
-        return 0
+pytestmark = pytest.mark.slow  # starts the CLI in processes, kills one
 
 
 def test_killed_run_resumes_to_the_same_history(synthetic_root: Path, tmp_path: Path) -> None:
@@ -38,11 +36,11 @@ def test_killed_run_resumes_to_the_same_history(synthetic_root: Path, tmp_path: 
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while _rounds_logged(killed) < 8 and process.poll() is None and time.monotonic() < deadline:
+    while rounds_logged(killed) < 8 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the run and its Ray workers, mid-run
     process.wait()
-    logged = _rounds_logged(killed)
+    logged = rounds_logged(killed)
     assert 8 <= logged < 41, "the run was not stopped mid-way"
     assert json.loads((killed / "results.json").read_text())["finished"] is False
 
@@ -51,7 +49,7 @@ def test_killed_run_resumes_to_the_same_history(synthetic_root: Path, tmp_path: 
     history = finished_history(killed)
     assert [r[0] for r in history] == list(range(41))  # no round lost or repeated
     assert history == finished_history(reference)
-    assert _rounds_logged(killed) == 41
+    assert rounds_logged(killed) == 41
     assert json.loads((killed / "results.json").read_text())["resumed_after_rounds"]
 
 

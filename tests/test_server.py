@@ -10,24 +10,15 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from omegaconf import OmegaConf
 from torch import nn
 
-from fedavg_mnist.client import PARTITION_ID_KEY
-from fedavg_mnist.config import num_sampled_clients
+from fedavg_mnist.client_app import PARTITION_ID_KEY
+from fedavg_mnist.config import num_sampled_clients, parse
 from fedavg_mnist.errors import ClientFailure, UserError
 from fedavg_mnist.evaluation import evaluate
-from fedavg_mnist.server import PaperFedAvg, check_node, discover_partitions
+from fedavg_mnist.strategy import PaperFedAvg, check_node, discover_partitions
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages need the identity Flower's runtime sets in each process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None  # type: ignore[assignment]
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _reply(arrays: dict[str, np.ndarray], num_examples: int, partition_id: int) -> Message:
@@ -132,7 +123,7 @@ def _node_report(partition_id: int, num_partitions: int, **resources: float) -> 
 
 
 def test_a_node_of_another_federation_fails_the_run_at_once() -> None:
-    cfg = OmegaConf.create({"num_clients": 4, "client_resources": {"num_cpus": 1}})
+    cfg = parse({"num_clients": 4, "client_resources.num_cpus": 1})
     check_node(_node_report(2, 4, **{"num-cpus": 1.0, "num-gpus": 0.0}), cfg, gpus=0.0)
     check_node(_node_report(2, 4), cfg, gpus=0.0)  # a real SuperNode: no Ray resources
     with pytest.raises(UserError, match="holds partition 2 of 100, but num_clients .K. is 4"):
@@ -177,13 +168,13 @@ class _Federation:
 
 
 def test_discovery_maps_partitions_to_nodes_as_they_connect() -> None:
-    cfg = OmegaConf.create({"num_clients": 4, "client_resources": {"num_cpus": 1}})
+    cfg = parse({"num_clients": 4, "client_resources.num_cpus": 1})
     federation = _Federation({70 + p: 3 - p for p in range(4)}, 4, arrive=2)
     assert discover_partitions(federation, cfg, gpus=0.0) == {3: 70, 2: 71, 1: 72, 0: 73}  # type: ignore[arg-type]
 
 
 def test_discovery_fails_at_once_in_the_wrong_federation() -> None:
-    cfg = OmegaConf.create({"num_clients": 4, "client_resources": {"num_cpus": 1}})
+    cfg = parse({"num_clients": 4, "client_resources.num_cpus": 1})
     federation = _Federation({70: 0, 71: 1}, 2, arrive=2)
     with pytest.raises(UserError, match="of 2, but num_clients .K. is 4"):
         discover_partitions(federation, cfg, gpus=0.0, timeout=600)  # type: ignore[arg-type]

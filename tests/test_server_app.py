@@ -1,0 +1,185 @@
+"""The `ServerApp`'s round loop over a federation of this process: no Ray, no SuperLink.
+
+`InProcessGrid` hands each message to the `ClientApp`'s handlers of the node it is for, as
+Flower's grids do over their transports; the server's code runs as under every launcher.
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SETTINGS
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedavg_mnist.client_app import (
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    client_seed,
+    identify,
+    partition_data,
+    train,
+)
+from fedavg_mnist.config import RunConfig, parse
+from fedavg_mnist.evaluation import evaluate
+from fedavg_mnist.local_training import train_local
+from fedavg_mnist.mnist import load_data
+from fedavg_mnist.models import build_model
+from fedavg_mnist.server_app import make_server_app, prepare_run, run_server
+from fedavg_mnist.strategy import PaperFedAvg
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+
+class InProcessGrid(Grid):
+    """K nodes in this process, node i holding partition i, answering as the `ClientApp`."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                node_config={PARTITION_ID_KEY: i, NUM_PARTITIONS_KEY: config.num_clients},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(config.num_clients)
+        }
+        self.trained: list[list[int]] = []  # the partitions trained, round by round
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = []
+        round_partitions = []
+        for message in messages:
+            context = self.contexts[message.metadata.dst_node_id]
+            if message.metadata.message_type == MessageType.TRAIN:
+                round_partitions.append(int(context.node_config[PARTITION_ID_KEY]))
+                replies.append(train(message, context, self.config))
+            else:
+                replies.append(identify(message, context))
+        if round_partitions:
+            self.trained.append(sorted(round_partitions))
+        return replies
+
+
+@pytest.fixture
+def config(synthetic_root: Path, tmp_path: Path) -> RunConfig:
+    """A 2NN run of 4 clients, 2 a round, on the synthetic IDX files."""
+    return parse(
+        {
+            **TINY_SETTINGS,
+            "checkpoint_every": 1,
+            "dataset.root": str(synthetic_root),
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+
+
+def _paper_fedavg_round(config: RunConfig, state: dict, partitions: list[int], server_round: int):
+    """One round of FedAvg written out: each client's E epochs of SGD, the weighted mean."""
+    updates, sizes = [], []
+    for partition_id in partitions:
+        images, labels = partition_data(config, partition_id)
+        model = build_model(config.model.name)
+        model.load_state_dict(state)
+        generator = torch.Generator().manual_seed(
+            client_seed(config.seed, server_round, partition_id)
+        )
+        train_local(
+            model, images, labels, config.local_epochs, config.batch_size, config.lr, generator
+        )
+        updates.append(model.state_dict())
+        sizes.append(len(labels))
+    total = sum(sizes)
+    return {
+        key: sum(update[key].double() * size for update, size in zip(updates, sizes, strict=True))
+        / total
+        for key in state
+    }
+
+
+def test_the_round_loop_is_fedavg_as_the_paper_writes_it(config: RunConfig, capsys) -> None:
+    prepare_run(config)
+    grid = InProcessGrid(config)
+    run_server(grid, config)
+    results = json.loads((Path(config.output_dir) / "results.json").read_text())
+    assert results["finished"] is True and results["completed_rounds"] == 2
+    assert [r["round"] for r in results["history"]] == [0, 1, 2]
+    sampler = PaperFedAvg(2, {p: p for p in range(4)}, config.seed)
+    assert grid.trained == [sampler.sample_partitions(1), sampler.sample_partitions(2)]
+
+    torch.manual_seed(config.seed)  # the initial model, drawn as the server draws it
+    state = build_model(config.model.name).state_dict()
+    data = load_data(config.dataset)
+    for server_round, partitions in enumerate(grid.trained, start=1):
+        averaged = _paper_fedavg_round(config, state, partitions, server_round)
+        state = {key: value.float() for key, value in averaged.items()}
+        model = build_model(config.model.name)
+        model.load_state_dict(state)
+        loss, accuracy = evaluate(model, data.test_images, data.test_labels, 250)
+        recorded = results["history"][server_round]
+        assert recorded["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        assert recorded["loss"] == pytest.approx(loss, rel=1e-4)
+    assert "best accuracy" in capsys.readouterr().out
+
+
+def test_a_resumed_run_continues_the_same_history(config: RunConfig) -> None:
+    prepare_run(config)
+    run_server(InProcessGrid(config), config)
+    full = json.loads((Path(config.output_dir) / "results.json").read_text())["history"]
+
+    first = replace(config, output_dir=config.output_dir + "-stopped", num_rounds=1)
+    prepare_run(first)
+    run_server(InProcessGrid(first), first)
+    resumed = replace(first, num_rounds=2, resume=True)
+    prepare_run(resumed)
+    run_server(InProcessGrid(resumed), resumed)
+    again = json.loads((Path(resumed.output_dir) / "results.json").read_text())["history"]
+    strip = [(r["round"], r["accuracy"], r["loss"]) for r in full]
+    assert [(r["round"], r["accuracy"], r["loss"]) for r in again] == strip
+
+
+def test_the_app_under_flower_reads_its_config_from_the_run_config(
+    config: RunConfig, tmp_path: Path
+) -> None:
+    """As under `flwr run` or a deployment: `Context.run_config` holds the settings."""
+    app = make_server_app()
+    settings = {
+        **TINY_SETTINGS,
+        "num_rounds": 1,
+        "dataset.root": config.dataset.root,
+        "output_dir": str(tmp_path / "flower-run"),
+    }
+    context = Context(run_id=5, node_id=0, node_config={}, state=RecordDict(), run_config=settings)
+    grid = InProcessGrid(replace(config, output_dir=str(tmp_path / "flower-run"), num_rounds=1))
+    app(grid, context)
+    results = json.loads((tmp_path / "flower-run" / "results.json").read_text())
+    assert results["config"]["num_rounds"] == 1 and results["finished"] is True
+    assert np.isfinite(results["history"][1]["loss"])

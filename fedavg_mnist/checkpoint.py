@@ -1,5 +1,8 @@
 """Checkpoints of a run: the global model and history after a round, saved atomically."""
 
+import io
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +38,48 @@ def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
         "state_dict": {key: value.detach().cpu() for key, value in checkpoint.state_dict.items()},
         "history": checkpoint.history,
     }
-    write_atomic(path, lambda stream: torch.save(payload, stream))
+    # serialized in memory first: torch turns a failed write (a full disk) into an error
+    # that no longer names the operating system's reason; the file's own write keeps it
+    serialized = io.BytesIO()
+    torch.save(payload, serialized)
+    write_atomic(path, lambda stream: stream.write(serialized.getbuffer()))
+
+
+class Checkpointer:
+    """A run's checkpoints: every `every` rounds, and the newest round when the run is stopped.
+
+    `after_round` keeps the newest evaluated round and writes it when due; `write_newest`
+    writes it if the last checkpoint is older (a run interrupted between checkpoints loses
+    no completed round). `on_write` runs after each checkpoint (the results are saved).
+    """
+
+    def __init__(self, output_dir: Path, every: int, on_write: Callable[[], None]) -> None:
+        self.output_dir, self.every, self.on_write = output_dir, every, on_write
+        self.newest: Checkpoint | None = None
+        self.written_round = -1
+        self._lock = threading.Lock()
+
+    def after_round(self, checkpoint: Checkpoint, due: bool) -> None:
+        """Keep the round just evaluated; write it if `due` or every `every` rounds."""
+        with self._lock:
+            self.newest = checkpoint
+            every = self.every
+            if due or (every and checkpoint.server_round % every == 0):
+                self._write()
+
+    def write_newest(self) -> int | None:
+        """Write the newest round unless written already; return it (None: nothing to write)."""
+        with self._lock:
+            if self.newest is None or self.newest.server_round == self.written_round:
+                return None
+            self._write()
+            return self.written_round
+
+    def _write(self) -> None:
+        assert self.newest is not None
+        save_checkpoint(self.output_dir, self.newest)
+        self.written_round = self.newest.server_round
+        self.on_write()
 
 
 def load_checkpoint(output_dir: Path) -> Checkpoint:

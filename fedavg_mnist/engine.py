@@ -7,11 +7,11 @@ Under `flwr run` the `ServerApp` and the simulation engine are threads of one pr
 - the engine's Ray a Ray of the run's own: Flower's engine calls `ray.init()` with no
   address, which joins the newest Ray on the machine (another run's, which it would then
   share and starve); Ray's own `RAY_ADDRESS=local` starts a new one instead. A user's
-  `RAY_ADDRESS` (a cluster) is left as it is;
+  `RAY_ADDRESS` (a cluster) is left as it is; the process is the run's, so it stays set;
 - the engine's hand-over loops event-driven (`polling.engine_wakeups`), if `fast_polling`.
 
 The Hydra CLI does the same around `run_simulation` by its own means (`ray.init`'s
-arguments, `engine_wakeups`). Whatever is changed is put back when the run ends.
+arguments, `engine_wakeups`). The engine's loops are put back when the run ends.
 """
 
 import os
@@ -25,17 +25,14 @@ RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_RAY = "local"  # Ray's own word for "start a new Ray here"
 
 
-@contextmanager
-def ray_of_its_own() -> Iterator[None]:
-    """Have a `ray.init()` without address start a new Ray, unless `RAY_ADDRESS` is set."""
-    if os.environ.get(RAY_ADDRESS):
-        yield
-        return
-    os.environ[RAY_ADDRESS] = LOCAL_RAY
-    try:
-        yield
-    finally:
-        os.environ.pop(RAY_ADDRESS, None)
+def ray_of_its_own() -> None:
+    """Have a `ray.init()` without address start a new Ray, unless `RAY_ADDRESS` is set.
+
+    Left set for the rest of the process (`flwr-simulation` runs one run): the engine may
+    start its Ray after the `ServerApp` has ended, when the app fails at once.
+    """
+    if not os.environ.get(RAY_ADDRESS):
+        os.environ[RAY_ADDRESS] = LOCAL_RAY
 
 
 @contextmanager
@@ -44,5 +41,6 @@ def adjusted_engine(config: RunConfig) -> Iterator[EngineWakeups | None]:
     if not engine_loaded():  # a deployment's ServerApp process: no engine here
         yield None
         return
-    with ray_of_its_own(), engine_wakeups() if config.fast_polling else nullcontext() as wakeups:
+    ray_of_its_own()
+    with engine_wakeups() if config.fast_polling else nullcontext() as wakeups:
         yield wakeups

@@ -2,10 +2,11 @@
 
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,21 @@ from omegaconf import DictConfig, OmegaConf
 from fedavg_mnist.config import RunConfig, gpus_per_client
 from fedavg_mnist.errors import ClientFailure, RunFailure, UserError
 from fedavg_mnist.mnist import ensure_mnist
-from fedavg_mnist.overrides import check_overrides, register_hydra_config, to_run_config
+from fedavg_mnist.overrides import (
+    check_overrides,
+    named_run_dir,
+    register_hydra_config,
+    to_run_config,
+)
+from fedavg_mnist.run_dir import hold_run_dir
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM, Kubernetes, `timeout`), handled as Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def quiet_libraries(verbose: bool) -> dict[str, Any]:
@@ -60,6 +75,10 @@ def run(config: RunConfig) -> None:
     Bad input, bad data and partitions that cannot be drawn have been told before Hydra
     started (`cli`).
     """
+    # Ray's C++ failure handler would catch SIGTERM with a stack dump; without it, Ray's
+    # driver turns SIGTERM into `SystemExit(SIGTERM)`, ended like Ctrl-C. Ray reads this
+    # when it is imported, so before anything imports it.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     from fedavg_mnist.ops.ray_setup import local_ray_args
 
     jobs = parallel_jobs()
@@ -90,12 +109,14 @@ def run(config: RunConfig) -> None:
         )
     prepare_run(config)
     torch.set_num_threads(cpus)  # the server's evaluation
+    on_stop: list[Callable[[], object]] = []
     with (
         engine_wakeups() if config.fast_polling else nullcontext() as wakeups,
         no_room_for_clients_told(config),
+        stopped_like_ctrl_c(on_stop),
     ):
         run_simulation(
-            server_app=make_server_app(config, wakeups),
+            server_app=make_server_app(config, wakeups, on_stop),
             client_app=make_client_app(config),
             num_supernodes=config.num_clients,
             backend_config={
@@ -109,6 +130,30 @@ def run(config: RunConfig) -> None:
         )
     output_dir = Path(config.output_dir)
     plot_accuracy([load_results(output_dir)], output_dir / "accuracy.png")
+
+
+@contextmanager
+def stopped_like_ctrl_c(on_stop: list[Callable[[], object]]) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM, keep the newest evaluated round (`on_stop`), then end the run."""
+    try:
+        yield
+    except SystemExit as err:  # Ray's driver: SIGTERM -> sys.exit(SIGTERM)
+        if err.code != signal.SIGTERM:
+            raise
+        call_all(on_stop)
+        raise Terminated() from None
+    except KeyboardInterrupt:
+        call_all(on_stop)
+        raise
+
+
+def call_all(hooks: list[Callable[[], object]]) -> None:
+    """Call each hook; a failing one does not keep the others from running."""
+    for hook in hooks:
+        try:
+            hook()
+        except Exception as err:  # the run is ending anyway: say it and go on
+            print(f"warning: while stopping: {first_line(err)}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -162,6 +207,8 @@ def failure_status(err: BaseException) -> tuple[str, int]:
     traceback is printed first, then the line.
     """
     for cause in causes(err):
+        if isinstance(cause, Terminated):
+            return "interrupted (SIGTERM): continue with the same overrides and resume=true", 143
         if isinstance(cause, KeyboardInterrupt):
             return "interrupted: continue the run with the same overrides and resume=true", 130
         if isinstance(cause, UserError):
@@ -199,12 +246,17 @@ def check_data(configs: list[RunConfig]) -> None:
 
 def cli() -> None:
     """Console entry: check the overrides and the data, then hand over to Hydra."""
+    signal.signal(signal.SIGTERM, _terminate)
     register_hydra_config()
     try:
         check_data(check_overrides(sys.argv[1:]))
+        if run_dir := named_run_dir(sys.argv[1:]):
+            hold_run_dir(run_dir)  # before Hydra writes its `.hydra/` there
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        end(*failure_status(err))
     main()
 
 

@@ -148,3 +148,11 @@ def check_overrides(argv: Sequence[str]) -> list[RunConfig]:
         check_output_dir(Path.cwd() / "outputs", resume=False)  # Hydra's default lies there
     settings = [o for o in overrides if not o.is_hydra_override() and o.key_or_group != "resume"]
     return [compose_run_config(variant) for variant in sweep_variants(settings)]
+
+
+def named_run_dir(argv: Sequence[str]) -> Path | None:
+    """Return the run directory a single run is given (`hydra.run.dir=`), or None."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return None
+    named = [o for o in parse(argv) if o.key_or_group == "hydra.run.dir" and o.value()]
+    return Path(str(named[-1].value())) if named else None

@@ -1,11 +1,16 @@
-"""The run directory's guarantees: results never overwritten, a resume only of the same run.
+"""One run per run directory, results never overwritten, a resume only of the same run.
 
 `check_output_dir` only looks (the CLI calls it before Hydra writes anything);
-`prepare_run_dir` checks and then creates the folder, once per run, whichever launcher
-started it.
+`hold_run_dir` takes the folder for this process: an exclusive kernel lock (`flock`) on its
+`.run.lock`, which the kernel releases when the process ends however it ends (SIGKILL, a
+power cut), so no stale lock ever blocks a resume; `prepare_run_dir` checks, holds and
+creates the folder, once per run, whichever launcher started it.
 """
 
+import fcntl
 import os
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +26,76 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+LOCK_FILE = ".run.lock"  # in the run directory: who holds it, for the one line a second run gets
+_held: dict[Path, int] = {}  # the run directories this process holds: their lock's descriptor
+
+
+def hold_run_dir(output_dir: Path) -> None:
+    """Hold the run directory for this process, creating it; one line if another holds it.
+
+    Held until `release_run_dir` or the end of the process. A run directory this process
+    holds already is held once.
+    """
+    output_dir = output_dir.expanduser().resolve()
+    if output_dir in _held:
+        return
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(f"output directory {output_dir} is not writable: {err.strerror}") from err
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 512).decode(errors="replace").strip()
+        os.close(descriptor)
+        raise in_use(output_dir, holder) from None
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"PID {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
+    _held[output_dir] = descriptor
+
+
+def in_use(output_dir: Path, holder: str) -> UserError:
+    """Return the one line a run gets for a run directory another run holds."""
+    return UserError(
+        f"{output_dir} is in use by {holder or 'another process'}: one run per run directory "
+        "(wait for it to end, or choose another output directory)"
+    )
+
+
+def check_not_held(output_dir: Path) -> None:
+    """Fail in one line if another process holds the run directory; writes nothing."""
+    if output_dir in _held or not (output_dir / LOCK_FILE).is_file():
+        return
+    try:
+        descriptor = os.open(output_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise in_use(
+            output_dir, os.read(descriptor, 512).decode(errors="replace").strip()
+        ) from None
+    finally:
+        os.close(descriptor)  # and with it the lock, if this look took it
+
+
+def release_run_dir(output_dir: Path) -> None:
+    """Let go of a run directory this process holds (the lock file stays, unlocked)."""
+    descriptor = _held.pop(output_dir.expanduser().resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
 def check_output_dir(output_dir: Path, resume: bool = False) -> None:
-    """Fail in one line if results would be overwritten, or nothing is there to resume.
+    """Fail in one line if another run holds it, results are in the way, or nothing resumes.
 
     Writes nothing: a folder that does not exist yet must be one the user may create.
     """
     output_dir = output_dir.expanduser().resolve()
+    check_not_held(output_dir)
     results = output_dir / RESULTS_FILE
     if resume:
         if not (output_dir / CHECKPOINT_FILE).is_file():
@@ -66,12 +135,10 @@ def check_resumable(config: RunConfig) -> None:
 
 
 def prepare_run_dir(config: RunConfig) -> None:
-    """Check that the run may write (or resume) its `output_dir`, then create the folder."""
+    """Check that the run may write (or resume) its `output_dir`, then hold and create it."""
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, config.resume)
     if config.resume:
         check_resumable(config)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"output directory {output_dir} is not writable: {err.strerror}") from err
+    hold_run_dir(output_dir)
+    check_output_dir(output_dir, config.resume)  # as it is now that no other run can change it

@@ -6,7 +6,7 @@ a deployment, from Flower's `Context.run_config`.
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedavg_mnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedavg_mnist.checkpoint import Checkpoint, Checkpointer, load_checkpoint
 from fedavg_mnist.config import RunConfig, from_flower, gpus_per_client
 from fedavg_mnist.engine import adjusted_engine
 from fedavg_mnist.errors import RunFailure
@@ -24,7 +24,7 @@ from fedavg_mnist.models import autocast, build_model, num_parameters, place_mod
 from fedavg_mnist.partitions import save_run_partitions
 from fedavg_mnist.polling import EngineWakeups
 from fedavg_mnist.records import RunRecorder, load_results, summary_line
-from fedavg_mnist.run_dir import prepare_run_dir
+from fedavg_mnist.run_dir import prepare_run_dir, release_run_dir
 from fedavg_mnist.strategy import PaperFedAvg, discover_partitions
 
 
@@ -43,12 +43,18 @@ def prepare_run(config: RunConfig) -> None:
     save_run_partitions(config)
 
 
-def run_server(grid: Grid, cfg: RunConfig, wakeups: EngineWakeups | None = None) -> None:
+def run_server(
+    grid: Grid,
+    cfg: RunConfig,
+    wakeups: EngineWakeups | None = None,
+    on_stop: list[Callable[[], object]] | None = None,
+) -> None:
     """Run FedAvg for `num_rounds`, evaluating the global model on the test set each round.
 
     The global model and history are checkpointed after round 0 and every
     `checkpoint_every` rounds; with `resume`, the run continues after its last checkpoint.
-    The run directory must have been prepared (`prepare_run`).
+    The run directory must have been prepared (`prepare_run`). `on_stop` receives what to
+    call when the run is stopped early: it checkpoints the newest evaluated round.
     """
     print(f"results: {cfg.output_dir}", flush=True)
     if wakeups is not None:
@@ -70,6 +76,9 @@ def run_server(grid: Grid, cfg: RunConfig, wakeups: EngineWakeups | None = None)
         recorder = RunRecorder(cfg, num_parameters(model))
     initial_arrays = ArrayRecord(initial_state)
     place_model(model, device)
+    checkpoints = Checkpointer(output_dir, cfg.checkpoint_every, recorder.save)
+    if on_stop is not None:
+        on_stop.append(checkpoints.write_newest)
 
     def evaluate_round(server_round: int, state: dict[str, torch.Tensor]) -> bool:
         """Evaluate, record and checkpoint one round; True if the run stops at it."""
@@ -79,10 +88,8 @@ def run_server(grid: Grid, cfg: RunConfig, wakeups: EngineWakeups | None = None)
             loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
         recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
         reached = cfg.stop_at_target and server_round > 0 and accuracy >= recorder.target
-        every = cfg.checkpoint_every
-        if reached or server_round in (0, cfg.num_rounds) or (every and server_round % every == 0):
-            save_checkpoint(output_dir, Checkpoint(server_round, state, recorder.history))
-            recorder.save()
+        due = reached or server_round in (0, cfg.num_rounds)
+        checkpoints.after_round(Checkpoint(server_round, state, list(recorder.history)), due)
         return reached
 
     evaluations = EvaluationQueue(evaluate_round)
@@ -153,12 +160,15 @@ def log_failures_in_one_line() -> None:
 
 
 def make_server_app(
-    config: RunConfig | None = None, wakeups: EngineWakeups | None = None
+    config: RunConfig | None = None,
+    wakeups: EngineWakeups | None = None,
+    on_stop: list[Callable[[], object]] | None = None,
 ) -> ServerApp:
     """Build the `ServerApp`.
 
     With `config` (the Hydra CLI, which has prepared the run directory and adjusted the
-    engine, `wakeups` being its hand-over events) the app runs that config; without, it
+    engine, `wakeups` being its hand-over events, `on_stop` where to leave what to call if it
+    stops the run early) the app runs that config; without, it
     reads Flower's `Context.run_config`, prepares the run itself and, when the simulation
     engine runs in its process (`flwr run`), adjusts the engine for the run. A `RunFailure`
     ends the run as failed (Flower's exit code and status) with its one line in the run's
@@ -170,12 +180,15 @@ def make_server_app(
     def _main(grid: Grid, context: Context) -> None:
         log_failures_in_one_line()
         if config is not None:
-            run_server(grid, config, wakeups)
+            run_server(grid, config, wakeups, on_stop)
             return
         run_config = from_flower(context.run_config, context.run_id)
         with adjusted_engine(run_config) as engine_wakeups:
             prepare_run(run_config)
-            run_server(grid, run_config, engine_wakeups)
+            try:
+                run_server(grid, run_config, engine_wakeups)
+            finally:
+                release_run_dir(Path(run_config.output_dir))
 
     return app
 

@@ -1,6 +1,7 @@
 """`flwr run .` as a new user runs it: the same run as the Hydra CLI, the same guarantees."""
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -92,7 +93,12 @@ def test_flwr_run_gives_the_hydra_clis_run_and_fails_bad_input_in_one_line(
 def test_the_app_bundle_holds_the_apps_modules_only(tmp_path: Path) -> None:
     """`flwr build`: what Flower ships to a SuperLink for each run, and that it stands alone."""
     home = FlowerHome(tmp_path)
-    result = home.flwr("build", "--app", str(PROJECT_ROOT), cwd=tmp_path)
+    # Flower takes the app's name from its folder's, which a clone may have spelled otherwise
+    app = tmp_path / "fedavg-mnist"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(PROJECT_ROOT / "fedavg_mnist", app / "fedavg_mnist", ignore=ignore)
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", app)
+    result = home.flwr("build", "--app", str(app), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (fab,) = tmp_path.glob("*.fab")
     names = sorted(zipfile.ZipFile(fab).namelist())

@@ -105,33 +105,31 @@ def test_the_engines_ray_is_the_runs_own_unless_a_cluster_is_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(RAY_ADDRESS, raising=False)
-    with ray_of_its_own():
-        assert os.environ[RAY_ADDRESS] == "local"
-    assert RAY_ADDRESS not in os.environ  # put back when the run ends
-    monkeypatch.setenv(RAY_ADDRESS, "127.0.0.1:6379")
-    with ray_of_its_own():
-        assert os.environ[RAY_ADDRESS] == "127.0.0.1:6379"
+    ray_of_its_own()
+    assert os.environ[RAY_ADDRESS] == "local"
+    monkeypatch.setenv(RAY_ADDRESS, "127.0.0.1:6379")  # the user's cluster
+    ray_of_its_own()
     assert os.environ[RAY_ADDRESS] == "127.0.0.1:6379"
 
 
 def test_the_server_app_adjusts_its_processs_engine_for_its_run_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Under `flwr run`: a Ray of the run's own, the wake-ups; all put back at the end."""
+    """Under `flwr run`: a Ray of the run's own, the wake-ups for the run's time."""
     from flwr.server.superlink.fleet.vce import vce_api
 
     from fedavg_mnist import engine
 
     loops = (vce_api.add_messages_to_queue, vce_api.put_message_into_state)
     monkeypatch.delenv(RAY_ADDRESS, raising=False)
+    monkeypatch.setattr(engine, "engine_loaded", lambda: False)  # a deployment's ServerApp
+    with engine.adjusted_engine(parse({})) as wakeups:
+        assert wakeups is None and RAY_ADDRESS not in os.environ
+    monkeypatch.setattr(engine, "engine_loaded", lambda: True)  # `flwr-simulation`
     with engine.adjusted_engine(parse({})) as wakeups:
         assert wakeups is not None and os.environ[RAY_ADDRESS] == "local"
         assert vce_api.add_messages_to_queue == wakeups.add_messages_to_queue
     assert (vce_api.add_messages_to_queue, vce_api.put_message_into_state) == loops
-    assert RAY_ADDRESS not in os.environ
+    assert os.environ[RAY_ADDRESS] == "local"  # an engine starting late still gets its own
     with engine.adjusted_engine(parse({"fast_polling": False})) as wakeups:
         assert wakeups is None and vce_api.add_messages_to_queue is loops[0]
-        assert os.environ[RAY_ADDRESS] == "local"
-    monkeypatch.setattr(engine, "engine_loaded", lambda: False)  # a deployment's ServerApp
-    with engine.adjusted_engine(parse({})) as wakeups:
-        assert wakeups is None and RAY_ADDRESS not in os.environ

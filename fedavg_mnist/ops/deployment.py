@@ -254,6 +254,14 @@ def deploy(args: argparse.Namespace) -> Path:
     return output_dir / RESULTS_FILE
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: deploy, run, report; one `error:` line and a non-zero status on failure."""
     parser = argparse.ArgumentParser(
@@ -267,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--certificates", help=f"a folder with {CA_CERT}, {SERVER_CERT}, ...")
     parser.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # stop what was started
+    signal.signal(signal.SIGTERM, _terminate)  # stop what was started, as on Ctrl-C
     try:
         results = deploy(args)
     except UserError as err:
@@ -276,9 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientFailure as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; the deployment is stopped", file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as err:
+        how = " (SIGTERM)" if isinstance(err, Terminated) else ""
+        print(f"error: interrupted{how}; the deployment is stopped", file=sys.stderr, flush=True)
+        return 143 if how else 130
     print(f"deployment stopped; results: {results}", flush=True)  # the summary came with the log
     return 0
 

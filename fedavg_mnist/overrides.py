@@ -122,7 +122,7 @@ def compose_run_config(overrides: Sequence[str], output_dir: str = ".") -> RunCo
                 overrides=[*overrides, f"output_dir={output_dir}"],
                 return_hydra_config=True,
             )
-            HydraConfig.instance().set_config(cfg)  # for `${hydra:runtime.choices...}`
+            HydraConfig.instance().set_config(cfg)  # for a `${hydra:...}` an override uses
             return to_run_config(cfg)
         except UserError:
             raise

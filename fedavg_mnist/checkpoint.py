@@ -48,9 +48,11 @@ def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
 class Checkpointer:
     """A run's checkpoints: every `every` rounds, and the newest round when the run is stopped.
 
-    `after_round` keeps the newest evaluated round and writes it when due; `write_newest`
-    writes it if the last checkpoint is older (a run interrupted between checkpoints loses
-    no completed round). `on_write` runs after each checkpoint (the results are saved).
+    `after_round` keeps the newest evaluated round and writes it when due; `stop` writes it
+    if the last checkpoint is older, and every round evaluated after it (a run interrupted
+    between checkpoints loses no completed round, even where the launcher lets the round in
+    flight finish before the process exits). `on_write` runs after each checkpoint (the
+    results are saved).
     """
 
     def __init__(self, output_dir: Path, every: int, on_write: Callable[[], None]) -> None:
@@ -67,9 +69,13 @@ class Checkpointer:
             if due or (every and checkpoint.server_round % every == 0):
                 self._write()
 
-    def write_newest(self) -> int | None:
-        """Write the newest round unless written already; return it (None: nothing to write)."""
+    def stop(self) -> int | None:
+        """Write the newest round unless written already, and each round evaluated from now on.
+
+        Called when the run is stopping; returns the round written (None: nothing new).
+        """
         with self._lock:
+            self.every = 1
             if self.newest is None or self.newest.server_round == self.written_round:
                 return None
             self._write()

@@ -4,10 +4,11 @@ It reads its settings from the `RunConfig` the Hydra CLI gives it, or, under `fl
 a deployment, from Flower's `Context.run_config`.
 """
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def run_server(
     place_model(model, device)
     checkpoints = Checkpointer(output_dir, cfg.checkpoint_every, recorder.save)
     if on_stop is not None:
-        on_stop.append(checkpoints.write_newest)
+        on_stop.append(checkpoints.stop)
 
     def evaluate_round(server_round: int, state: dict[str, torch.Tensor]) -> bool:
         """Evaluate, record and checkpoint one round; True if the run stops at it."""
@@ -117,6 +118,11 @@ def run_server(
             )
     except TargetReached:
         pass
+    except BaseException:  # stopped (`flwr stop`, a signal) or failed: keep the newest round
+        with suppress(Exception):  # the failure that stopped the run is the one to report
+            evaluations.finish()
+            checkpoints.stop()
+        raise
     evaluations.finish()
     recorder.document["ray_nodes"] = sorted(strategy.ray_nodes)
     recorder.finish()
@@ -159,6 +165,34 @@ def log_failures_in_one_line() -> None:
         flower_logger.addFilter(OneLineFailures())
 
 
+def call_on_flower_exit(actions: list[Callable[[], object]]) -> bool:
+    """Have Flower's exit (SIGTERM, SIGINT) call `actions`; False where it cannot.
+
+    Under `flwr run` and a deployment, Flower's process owns the signals: its handler runs
+    the exit handlers registered with `flwr.supercore.exit.add_exit_handler`, then exits
+    while the ServerApp's thread is mid-round. That function is Flower's internal API, so it
+    is used only where it has the expected signature; elsewhere a signal loses the rounds
+    since the last checkpoint, as a SIGKILL would.
+    """
+    try:
+        from flwr.supercore.exit import add_exit_handler
+    except ImportError:
+        return False
+    parameters = inspect.signature(add_exit_handler).parameters
+    if list(parameters)[:1] != ["exit_handler"]:
+        return False
+
+    def run_actions() -> None:
+        for action in list(actions):
+            action()
+
+    if "run_before_force_exit" in parameters:  # before Flower's force-exit timer starts
+        add_exit_handler(run_actions, run_before_force_exit=True)
+    else:
+        add_exit_handler(run_actions)
+    return True
+
+
 def make_server_app(
     config: RunConfig | None = None,
     wakeups: EngineWakeups | None = None,
@@ -183,11 +217,14 @@ def make_server_app(
             run_server(grid, config, wakeups, on_stop)
             return
         run_config = from_flower(context.run_config, context.run_id)
+        stop_actions: list[Callable[[], object]] = []
+        call_on_flower_exit(stop_actions)
         with adjusted_engine(run_config) as engine_wakeups:
             prepare_run(run_config)
             try:
-                run_server(grid, run_config, engine_wakeups)
+                run_server(grid, run_config, engine_wakeups, stop_actions)
             finally:
+                stop_actions.clear()
                 release_run_dir(Path(run_config.output_dir))
 
     return app

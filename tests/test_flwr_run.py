@@ -1,16 +1,28 @@
 """`flwr run .` as a new user runs it: the same run as the Hydra CLI, the same guarantees."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, TINY_SETTINGS, TinyRun, finished_history
+from conftest import (
+    PROJECT_ROOT,
+    TINY_SETTINGS,
+    TinyRun,
+    finished_history,
+    run_cli,
+    tiny_overrides,
+    write_synthetic_mnist,
+)
 from flower import FlowerHome
+
+from fedavg_mnist.ops.campaign_queue import rounds_logged
 
 pytestmark = pytest.mark.slow  # starts Flower's local SuperLink and `flwr` commands
 
@@ -126,3 +138,41 @@ def test_the_app_bundle_holds_the_apps_modules_only(tmp_path: Path) -> None:
     )
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == "[]"
+
+
+def test_flwr_stop_keeps_the_newest_round_and_resume_gives_the_run_never_stopped(
+    flower: FlowerHome, tmp_path: Path
+) -> None:
+    """`flwr stop` mid-run: the newest evaluated round is checkpointed (no regular checkpoint
+    falls due after round 0), and `resume=true` under `flwr run` gives the history of the
+    run never stopped, which the Hydra CLI makes here."""
+    import torch
+
+    # rounds long enough (one client of 5,000 examples) for `flwr stop` to land mid-run
+    root = write_synthetic_mnist(tmp_path / "data", num_train=20_000)
+    settings = {"num_rounds": 20, "checkpoint_every": 1000, "client_fraction": 0.25}
+    cli_settings = [f"{key}={value}" for key, value in settings.items()]
+    reference = tmp_path / "reference"
+    assert run_cli(*tiny_overrides(root, reference, *cli_settings)).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    run_config = {**TINY, **settings, "dataset.root": str(root), "output_dir": str(stopped)}
+    run_id = flower.submit(run_config, SIMULATION)
+    deadline = time.monotonic() + 240
+    while rounds_logged(stopped) < 3:
+        assert time.monotonic() < deadline, flower.log(run_id, until="error")
+        time.sleep(0.05)
+    assert flower.flwr("stop", str(run_id)).returncode == 0
+    assert flower.wait([run_id])[run_id] == "finished:stopped"
+    time.sleep(3.0)  # Flower's process may finish the round in flight before it exits
+    logged = rounds_logged(stopped)
+    assert 3 <= logged < 21, "the run was not stopped mid-way"
+    checkpoint = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert checkpoint["server_round"] == logged - 1  # the newest round, not round 0
+    assert json.loads((stopped / "results.json").read_text())["finished"] is False
+
+    resumed_id = flower.submit({**run_config, "resume": True}, SIMULATION)
+    assert flower.wait([resumed_id])[resumed_id] == "finished:completed"
+    history = finished_history(stopped)
+    assert [r[0] for r in history] == list(range(21))
+    assert history == finished_history(reference)

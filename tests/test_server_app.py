@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_SETTINGS
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+from flwr.supercore.run import Run, RunNotRunningException
 
 from fedavg_mnist.client_app import (
     NUM_PARTITIONS_KEY,
@@ -30,7 +30,12 @@ from fedavg_mnist.evaluation import evaluate
 from fedavg_mnist.local_training import train_local
 from fedavg_mnist.mnist import load_data
 from fedavg_mnist.models import build_model
-from fedavg_mnist.server_app import make_server_app, prepare_run, run_server
+from fedavg_mnist.server_app import (
+    call_on_flower_exit,
+    make_server_app,
+    prepare_run,
+    run_server,
+)
 from fedavg_mnist.strategy import PaperFedAvg
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -183,3 +188,49 @@ def test_the_app_under_flower_reads_its_config_from_the_run_config(
     results = json.loads((tmp_path / "flower-run" / "results.json").read_text())
     assert results["config"]["num_rounds"] == 1 and results["finished"] is True
     assert np.isfinite(results["history"][1]["loss"])
+
+
+class StoppedGrid(InProcessGrid):
+    """A run `flwr stop` ends: the SuperLink refuses to train after `rounds` rounds."""
+
+    def __init__(self, config: RunConfig, rounds: int) -> None:
+        super().__init__(config)
+        self.rounds = rounds
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        training = any(m.metadata.message_type == MessageType.TRAIN for m in messages)
+        if training and len(self.trained) == self.rounds:
+            raise RunNotRunningException  # what Flower's grid raises for a stopped run
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_stopped_run_checkpoints_its_newest_round(config: RunConfig) -> None:
+    """No checkpoint falls due after round 0, yet the round before the stop is kept."""
+    config = replace(config, num_rounds=5, checkpoint_every=0)
+    prepare_run(config)
+    with pytest.raises(RunNotRunningException):
+        run_server(StoppedGrid(config, rounds=3), config)
+    checkpoint = torch.load(Path(config.output_dir) / "checkpoint.pt", weights_only=True)
+    assert checkpoint["server_round"] == 3
+    results = json.loads((Path(config.output_dir) / "results.json").read_text())
+    assert results["finished"] is False and results["completed_rounds"] == 3
+
+
+def test_flowers_exit_calls_the_stop_actions_where_its_api_is_as_expected(monkeypatch) -> None:
+    import flwr.supercore.exit as flower_exit
+    from flwr.supercore.exit import exit_handler
+
+    calls: list[str] = []
+    monkeypatch.setattr(exit_handler, "registered_exit_handlers", [])
+    assert call_on_flower_exit([lambda: calls.append("checkpoint")])
+    exit_handler.trigger_exit_handlers(run_before_force_exit=True)  # as `flwr_exit` does
+    assert calls == ["checkpoint"]
+
+    def other_signature(handler_list: list) -> None:  # a Flower whose API moved on
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(flower_exit, "add_exit_handler", other_signature)
+    assert not call_on_flower_exit([lambda: calls.append("again")])

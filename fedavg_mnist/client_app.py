@@ -23,7 +23,7 @@ from torch import nn
 
 from fedavg_mnist.config import RunConfig, from_flower
 from fedavg_mnist.local_training import local_trainer
-from fedavg_mnist.mnist import load_data
+from fedavg_mnist.mnist import load_training_set
 from fedavg_mnist.models import autocast, build_model, place_model, resolve_device
 from fedavg_mnist.partitions import run_partitions
 
@@ -37,13 +37,16 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
-@lru_cache(maxsize=128)
 def partition_data(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return a client's images and labels on the run's device, built once per process."""
-    data = load_data(config.dataset)
-    indices = torch.from_numpy(run_partitions(config)[partition_id])
+    """Return a client's images and labels on the run's device, made for this update.
+
+    Made from the memory-mapped training set each time, not kept: a process keeps no copy
+    of the partitions it has trained, and no copy of MNIST.
+    """
+    examples = load_training_set(config.dataset).examples(run_partitions(config)[partition_id])
     device = resolve_device(config.device)
-    return data.train_images[indices].to(device), data.train_labels[indices].to(device)
+    images, labels = examples
+    return images.to(device), labels.to(device)
 
 
 @lru_cache(maxsize=2)

@@ -1,4 +1,4 @@
-"""MNIST from its four IDX files, read with numpy: checked, downloaded if asked, as tensors."""
+"""MNIST from its four IDX files, read with numpy: checked, downloaded if asked, mapped."""
 
 import gzip
 import hashlib
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedavg_mnist.errors import UserError
+from fedavg_mnist.storage import write_atomic
 
 if TYPE_CHECKING:  # imported where tensors are made: checking the files needs no torch
     import torch
@@ -37,13 +38,31 @@ _IDX_UBYTE = 0x08
 
 
 @dataclass(frozen=True)
-class Mnist:
-    """Normalized images (N, 1, 28, 28) float32 and labels (N,) int64, train and test."""
+class TrainingSet:
+    """MNIST's training images as stored, uint8 (N, 28, 28), and their labels (N,).
 
-    train_images: "torch.Tensor"
-    train_labels: "torch.Tensor"
-    test_images: "torch.Tensor"
-    test_labels: "torch.Tensor"
+    The images are the IDX file itself, memory-mapped: every process of a machine that maps
+    it shares one copy of it in the page cache, and a process holds only the pages of the
+    examples it reads. `examples` makes the float tensors a model reads, for one client's
+    update at a time.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    normalize: bool
+
+    def examples(self, indices: np.ndarray) -> "tuple[torch.Tensor, torch.Tensor]":
+        """Return the examples at `indices`: images (n, 1, 28, 28) float32, labels int64.
+
+        The same numbers as converting the whole set and indexing it: the conversion is
+        element by element.
+        """
+        import torch
+
+        images = np.asarray(self.images[indices])
+        return _to_tensor(images, self.normalize), torch.from_numpy(
+            self.labels[indices].astype(np.int64)
+        )
 
 
 def raw_dir(root: str | Path) -> Path:
@@ -60,19 +79,24 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     except (OSError, EOFError) as err:
         raise UserError(f"cannot read MNIST file {path}: {err}") from err
     header_len = 4 + 4 * ndim
-    if len(content) < header_len:
-        raise UserError(f"corrupt MNIST file {path}: shorter than its IDX header")
-    zero, dtype, dims = content[0:2], content[2], content[3]
-    if zero != b"\x00\x00" or dtype != _IDX_UBYTE or dims != ndim:
-        raise UserError(
-            f"corrupt MNIST file {path}: bad IDX magic {content[:4].hex()} "
-            f"(expected 000008{ndim:02x})"
-        )
-    shape = tuple(int(d) for d in np.frombuffer(content, ">u4", ndim, offset=4))
+    shape = _idx_shape(content[:header_len], ndim, path)
     expected = header_len + int(np.prod(shape))
     if len(content) != expected:
         raise UserError(f"corrupt MNIST file {path}: {len(content)} bytes, header says {expected}")
     return np.frombuffer(content, np.uint8, offset=header_len).reshape(shape)
+
+
+def _idx_shape(header: bytes, ndim: int, path: Path) -> tuple[int, ...]:
+    """Check an IDX header of unsigned bytes with `ndim` dimensions; return the shape."""
+    if len(header) < 4 + 4 * ndim:
+        raise UserError(f"corrupt MNIST file {path}: shorter than its IDX header")
+    zero, dtype, dims = header[0:2], header[2], header[3]
+    if zero != b"\x00\x00" or dtype != _IDX_UBYTE or dims != ndim:
+        raise UserError(
+            f"corrupt MNIST file {path}: bad IDX magic {header[:4].hex()} "
+            f"(expected 000008{ndim:02x})"
+        )
+    return tuple(int(d) for d in np.frombuffer(header, ">u4", ndim, offset=4))
 
 
 def _find(directory: Path, name: str) -> Path | None:
@@ -167,47 +191,109 @@ def _to_tensor(images: np.ndarray, normalize: bool) -> "torch.Tensor":
     return tensor.unsqueeze(1).contiguous()
 
 
-def _labels(labels: np.ndarray, path: Path) -> "torch.Tensor":
-    import torch
-
-    if labels.size and labels.max() > 9:
-        raise UserError(f"corrupt MNIST file {path}: label {labels.max()} > 9")
-    return torch.from_numpy(labels.astype(np.int64))
-
-
-def read_train_labels(root: str, download: bool = True, verify: bool = True) -> np.ndarray:
-    """Return the training labels as uint8, without torch: what partitioners split."""
-    path = ensure_mnist(root, download, verify)["train-labels-idx1-ubyte"]
-    labels = read_idx(path, 1)
+def _checked_labels(labels: np.ndarray, path: Path) -> np.ndarray:
     if labels.size and labels.max() > 9:
         raise UserError(f"corrupt MNIST file {path}: label {labels.max()} > 9")
     return labels
 
 
+def read_train_labels(root: str, download: bool = True, verify: bool = True) -> np.ndarray:
+    """Return the training labels as uint8, without torch: what partitioners split."""
+    path = ensure_mnist(root, download, verify)["train-labels-idx1-ubyte"]
+    return _checked_labels(read_idx(path, 1), path)
+
+
+def plain_copy(path: Path) -> Path:
+    """Return a plain IDX file of `path`: itself, or a decompressed copy of a `.gz` file.
+
+    The copy is made once per machine and user, in the temporary folder, named for the
+    file's path, size and modification time; every process maps that one copy.
+    """
+    if path.suffix != ".gz":
+        return path
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    cache = Path(tempfile.gettempdir()) / f"fedavg-mnist-{os.getuid()}"
+    copy = cache / f"{path.stem}-{key.hexdigest()[:16]}"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    if cache.stat().st_uid != os.getuid():  # a folder of another user's making: not trusted
+        raise UserError(f"{cache} belongs to another user")
+    if not copy.is_file():
+        with gzip.open(path, "rb") as compressed:
+            content = compressed.read()
+        write_atomic(copy, lambda stream: stream.write(content))
+    return copy
+
+
+def map_idx(path: Path, ndim: int) -> np.ndarray:
+    """Memory-map an IDX file of unsigned bytes, checking its header and length.
+
+    A `.gz` file is mapped through its decompressed copy (`plain_copy`); where that copy
+    cannot be written, the file is read into this process's memory instead.
+    """
+    try:
+        plain = plain_copy(path)
+    except (OSError, EOFError, UserError):
+        return read_idx(path, ndim)
+    header_len = 4 + 4 * ndim
+    try:
+        with open(plain, "rb") as stream:
+            header = stream.read(header_len)
+        size = plain.stat().st_size
+    except OSError as err:
+        raise UserError(f"cannot read MNIST file {path}: {err}") from err
+    shape = _idx_shape(header, ndim, path)
+    expected = header_len + int(np.prod(shape))
+    if size != expected:
+        raise UserError(f"corrupt MNIST file {path}: {size} bytes, header says {expected}")
+    if expected == header_len:  # no examples: nothing to map
+        return np.zeros(shape, np.uint8)
+    return np.memmap(plain, np.uint8, "r", offset=header_len, shape=shape)
+
+
+def _checked_split(images: np.ndarray, labels: np.ndarray, root: str, split: str) -> None:
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+        raise UserError(
+            f"corrupt MNIST files in {raw_dir(root)}: {split} images {images.shape} "
+            f"do not match labels {labels.shape}"
+        )
+
+
 @lru_cache(maxsize=2)
-def load_mnist(
+def mnist_training_set(
     root: str, download: bool = True, verify: bool = True, normalize: bool = True
-) -> Mnist:
-    """Load MNIST once per process into in-memory tensors, pixels in [0, 1] or standardized."""
+) -> TrainingSet:
+    """Map MNIST's training set, once per process: what clients train on."""
     paths = ensure_mnist(root, download, verify)
-    arrays = {}
-    for name, path in paths.items():
-        arrays[name] = read_idx(path, 3 if "images" in name else 1)
-    for split in ("train", "t10k"):
-        images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
-        if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-            raise UserError(
-                f"corrupt MNIST files in {raw_dir(root)}: {split} images {images.shape} "
-                f"do not match labels {labels.shape}"
-            )
-    return Mnist(
-        train_images=_to_tensor(arrays["train-images-idx3-ubyte"], normalize),
-        train_labels=_labels(arrays["train-labels-idx1-ubyte"], paths["train-labels-idx1-ubyte"]),
-        test_images=_to_tensor(arrays["t10k-images-idx3-ubyte"], normalize),
-        test_labels=_labels(arrays["t10k-labels-idx1-ubyte"], paths["t10k-labels-idx1-ubyte"]),
-    )
+    labels_path = paths["train-labels-idx1-ubyte"]
+    images = map_idx(paths["train-images-idx3-ubyte"], 3)
+    labels = _checked_labels(read_idx(labels_path, 1), labels_path)
+    _checked_split(images, labels, root, "train")
+    return TrainingSet(images, labels, normalize)
 
 
-def load_data(dataset: "DatasetConfig") -> Mnist:
-    """Load the MNIST named by a run's `dataset` settings."""
-    return load_mnist(dataset.root, dataset.download, dataset.verify_checksums, dataset.normalize)
+@lru_cache(maxsize=2)
+def mnist_test_set(
+    root: str, download: bool = True, verify: bool = True, normalize: bool = True
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Load MNIST's test set once per process as tensors (the server evaluates on it)."""
+    import torch
+
+    paths = ensure_mnist(root, download, verify)
+    labels_path = paths["t10k-labels-idx1-ubyte"]
+    images = read_idx(paths["t10k-images-idx3-ubyte"], 3)
+    labels = _checked_labels(read_idx(labels_path, 1), labels_path)
+    _checked_split(images, labels, root, "t10k")
+    return _to_tensor(images, normalize), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_training_set(dataset: "DatasetConfig") -> TrainingSet:
+    """Map the MNIST training set named by a run's `dataset` settings."""
+    settings = (dataset.download, dataset.verify_checksums, dataset.normalize)
+    return mnist_training_set(dataset.root, *settings)
+
+
+def load_test_set(dataset: "DatasetConfig") -> "tuple[torch.Tensor, torch.Tensor]":
+    """Load the MNIST test set named by a run's `dataset` settings."""
+    settings = (dataset.download, dataset.verify_checksums, dataset.normalize)
+    return mnist_test_set(dataset.root, *settings)

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedavg_mnist.config import PARTITIONS
 from fedavg_mnist.errors import UserError
-from fedavg_mnist.mnist import load_mnist, read_train_labels
+from fedavg_mnist.mnist import mnist_test_set, mnist_training_set, read_train_labels
 from fedavg_mnist.storage import write_atomic
 
 if TYPE_CHECKING:  # imported where used: worker processes that read the partitions skip them
@@ -164,7 +164,8 @@ def run_partitions(config: "RunConfig") -> tuple[np.ndarray, ...]:
 
 
 def clear_caches() -> None:
-    """Forget the MNIST tensors and partitions loaded by this process (for benchmarks)."""
-    load_mnist.cache_clear()
+    """Forget the MNIST arrays and partitions loaded by this process (for benchmarks)."""
+    mnist_training_set.cache_clear()
+    mnist_test_set.cache_clear()
     _client_partitions.cache_clear()
     run_partitions.cache_clear()

@@ -20,7 +20,7 @@ from fedavg_mnist.config import RunConfig, from_flower, gpus_per_client
 from fedavg_mnist.engine import adjusted_engine
 from fedavg_mnist.errors import RunFailure
 from fedavg_mnist.evaluation import EvaluationQueue, TargetReached, evaluate
-from fedavg_mnist.mnist import load_data
+from fedavg_mnist.mnist import load_test_set
 from fedavg_mnist.models import autocast, build_model, num_parameters, place_model, resolve_device
 from fedavg_mnist.partitions import save_run_partitions
 from fedavg_mnist.polling import EngineWakeups
@@ -63,8 +63,7 @@ def run_server(
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     output_dir = Path(cfg.output_dir)
-    data = load_data(cfg.dataset)
-    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
+    test_images, test_labels = (tensor.to(device) for tensor in load_test_set(cfg.dataset))
     model = build_model(cfg.model.name, cfg.model.init)
     if cfg.resume:
         checkpoint = load_checkpoint(output_dir)

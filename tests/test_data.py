@@ -17,8 +17,11 @@ from fedavg_mnist.mnist import (
     MNIST_MEAN,
     MNIST_STD,
     ensure_mnist,
-    load_data,
-    load_mnist,
+    load_test_set,
+    load_training_set,
+    map_idx,
+    mnist_test_set,
+    mnist_training_set,
     read_idx,
 )
 from fedavg_mnist.overrides import compose_run_config
@@ -135,22 +138,80 @@ def test_download_with_wrong_checksum_is_not_kept(tmp_path: Path, monkeypatch) -
     assert raw.is_dir() and not list(raw.iterdir())
 
 
-def test_load_mnist_normalizes_into_tensors(synthetic_root: Path) -> None:
-    mnist = load_mnist(str(synthetic_root), download=False, verify=False)
+def whole_set_tensors(images: np.ndarray, normalize: bool = True) -> torch.Tensor:
+    """The conversion the loader made before it mapped the file: the whole set at once."""
+    tensor = torch.from_numpy(images.astype(np.float32)).div_(255.0)
+    if normalize:
+        tensor.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return tensor.unsqueeze(1).contiguous()
+
+
+def test_mnist_loads_as_mapped_bytes_and_normalized_tensors(synthetic_root: Path) -> None:
+    training = mnist_training_set(str(synthetic_root), download=False, verify=False)
     images, labels = synthetic_digits(400, seed=1)
-    assert mnist.train_images.shape == (400, 1, 28, 28)
-    assert mnist.train_images.dtype == torch.float32
-    assert mnist.test_images.shape == (100, 1, 28, 28)
+    assert isinstance(training.images, np.memmap) and training.images.dtype == np.uint8
+    np.testing.assert_array_equal(training.images, images)
+    np.testing.assert_array_equal(training.labels, labels)
+    batch, batch_labels = training.examples(np.array([3, 0, 399]))
+    assert batch.shape == (3, 1, 28, 28) and batch.dtype == torch.float32
     expected = (images[3].astype(np.float32) / 255 - MNIST_MEAN) / MNIST_STD
-    np.testing.assert_allclose(mnist.train_images[3, 0].numpy(), expected, rtol=1e-6)
-    np.testing.assert_array_equal(mnist.train_labels.numpy(), labels)
+    np.testing.assert_allclose(batch[0, 0].numpy(), expected, rtol=1e-6)
+    assert (
+        batch_labels.dtype == torch.int64 and batch_labels.tolist() == labels[[3, 0, 399]].tolist()
+    )
+    test_images, test_labels = mnist_test_set(str(synthetic_root), download=False, verify=False)
+    assert test_images.shape == (100, 1, 28, 28) and test_labels.shape == (100,)
     # a run's dataset settings name the same files; normalize=false keeps pixels in [0, 1]
     dataset = DatasetConfig(
         root=str(synthetic_root), download=False, verify_checksums=False, normalize=False
     )
-    unscaled = load_data(dataset)
-    np.testing.assert_allclose(unscaled.train_images[3, 0].numpy(), images[3] / 255, rtol=1e-6)
-    np.testing.assert_array_equal(unscaled.test_labels.numpy(), mnist.test_labels.numpy())
+    unscaled, _ = load_training_set(dataset).examples(np.array([3]))
+    np.testing.assert_allclose(unscaled[0, 0].numpy(), images[3] / 255, rtol=1e-6)
+    np.testing.assert_array_equal(load_test_set(dataset)[1].numpy(), test_labels.numpy())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_clients_examples_are_the_whole_set_conversions_bit_for_bit(
+    synthetic_root: Path, normalize: bool
+) -> None:
+    """Histories do not change with the mapped set: a client trains on the same numbers."""
+    training = mnist_training_set(str(synthetic_root), False, False, normalize)
+    whole = whole_set_tensors(np.asarray(training.images), normalize)
+    indices = np.random.default_rng(0).permutation(400)[:150]
+    images, labels = training.examples(indices)
+    assert torch.equal(images, whole[torch.from_numpy(indices)])
+    assert torch.equal(labels, torch.from_numpy(training.labels.astype(np.int64))[indices])
+
+
+def test_gz_files_are_mapped_through_one_plain_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, _ = synthetic_digits(9, seed=0)
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", images, gz=True)
+    monkeypatch.setattr(data.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    first, second = map_idx(path, 3), map_idx(path, 3)
+    np.testing.assert_array_equal(first, images)
+    assert isinstance(first, np.memmap) and isinstance(second, np.memmap)
+    assert first.filename == second.filename
+    assert len(list((tmp_path / "tmp").rglob("*"))) == 2  # its folder and the one copy
+    # where no copy can be written, the file is read into memory instead
+    monkeypatch.setattr(data.tempfile, "tempdir", str(tmp_path / "missing" / "tmp"))
+    fallback = map_idx(path, 3)
+    assert not isinstance(fallback, np.memmap)
+    np.testing.assert_array_equal(fallback, images)
+
+
+def test_map_idx_checks_the_file_as_read_idx_does(tmp_path: Path) -> None:
+    images, _ = synthetic_digits(5, seed=0)
+    path = write_idx(tmp_path / "images", images)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(UserError, match="bytes, header says"):
+        map_idx(path, 3)
+    labels = write_idx(tmp_path / "labels", images[:, 0, 0])
+    assert map_idx(labels, 1).shape == (5,)
+    with pytest.raises(UserError, match="bad IDX magic"):
+        map_idx(write_idx(tmp_path / "images", images), 1)  # images read as labels
 
 
 def test_reading_mnist_and_partitions_needs_no_torch() -> None:

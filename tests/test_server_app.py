@@ -28,7 +28,7 @@ from fedavg_mnist.client_app import (
 from fedavg_mnist.config import RunConfig, parse
 from fedavg_mnist.evaluation import evaluate
 from fedavg_mnist.local_training import train_local
-from fedavg_mnist.mnist import load_data
+from fedavg_mnist.mnist import load_test_set
 from fedavg_mnist.models import build_model
 from fedavg_mnist.server_app import (
     call_on_flower_exit,
@@ -142,13 +142,13 @@ def test_the_round_loop_is_fedavg_as_the_paper_writes_it(config: RunConfig, caps
 
     torch.manual_seed(config.seed)  # the initial model, drawn as the server draws it
     state = build_model(config.model.name).state_dict()
-    data = load_data(config.dataset)
+    test_images, test_labels = load_test_set(config.dataset)
     for server_round, partitions in enumerate(grid.trained, start=1):
         averaged = _paper_fedavg_round(config, state, partitions, server_round)
         state = {key: value.float() for key, value in averaged.items()}
         model = build_model(config.model.name)
         model.load_state_dict(state)
-        loss, accuracy = evaluate(model, data.test_images, data.test_labels, 250)
+        loss, accuracy = evaluate(model, test_images, test_labels, 250)
         recorded = results["history"][server_round]
         assert recorded["accuracy"] == pytest.approx(accuracy, abs=1e-9)
         assert recorded["loss"] == pytest.approx(loss, rel=1e-4)

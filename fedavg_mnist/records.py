@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 RESULTS_FILE = "results.json"
 ROUNDS_FILE = "rounds.jsonl"  # one JSON line per evaluated round, appended durably
 SAVE_INTERVAL_S = 2.0
-SCHEMA_VERSION = 1
+# 2: `rounds_to_target` is the best-so-far crossing and `first_round_at_target` the first
+# round at target; version 1 files held the first round in `rounds_to_target` (or, the later
+# ones, both as version 2 does). `migrate` reads both.
+SCHEMA_VERSION = 2
 _PACKAGES = ("fedavg-mnist", "flwr", "flwr-datasets", "torch", "numpy", "hydra-core", "omegaconf")
 # Results before the partition registry recorded the flwr-datasets partitioner's settings.
 _PARTITIONER_NAMES = {"IidPartitioner": "iid", "ShardPartitioner": "pathological"}
@@ -46,6 +49,24 @@ def load_results(path: str | Path) -> dict[str, Any]:
             document: dict[str, Any] = json.load(stream)
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read results {path}: {err}") from err
+    return migrate(document)
+
+
+def migrate(document: dict[str, Any]) -> dict[str, Any]:
+    """Bring a results document to `SCHEMA_VERSION`: its summary recomputed from its history.
+
+    The history is the record; the summary fields are derived from it, so an older file's
+    are recomputed rather than reinterpreted. A newer version than this code's is refused.
+    """
+    version = document.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise UserError(
+            f"results schema version {version!r} is newer than this code's ({SCHEMA_VERSION})"
+        )
+    if version < SCHEMA_VERSION and "history" in document and "target_accuracy" in document:
+        document.update(summarize(document["history"], float(document["target_accuracy"])))
+        document["schema_version"] = SCHEMA_VERSION
+        document["migrated_from_schema_version"] = version
     return document
 
 

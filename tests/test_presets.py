@@ -73,6 +73,35 @@ def test_preset_uses_its_measured_lr_and_overrides_win() -> None:
     assert _run("+experiment=table1_cnn", "batch_size=50").lr == 0.1  # no rate measured
 
 
+def test_presets_ship_the_best_rates_the_report_finds_in_the_saved_runs() -> None:
+    """Each cell a preset runs, at the η the report reads as best from `docs/runs`."""
+    from fedavg_mnist.analysis.saved_runs import best_runs, load_runs
+    from fedavg_mnist.analysis.tables import table_results
+
+    best = best_runs(load_runs([Path(__file__).resolve().parent.parent / "docs" / "runs"]))
+    compared, drifted = 0, []
+    for table in TABLES:
+        for result in table_results(table, best):
+            if result.choice is None:
+                continue
+            cell = result.cell
+            batch = "inf" if cell.batch_size is None else cell.batch_size
+            preset_lr = _run(
+                f"+experiment={table.name}",
+                f"partition={cell.partition}",
+                f"client_fraction={cell.client_fraction}",
+                f"local_epochs={cell.local_epochs}",
+                f"batch_size={batch}",
+            ).lr
+            compared += 1
+            if preset_lr != result.choice.best.lr:
+                drifted.append(
+                    (table.name, cell.row, cell.column, preset_lr, result.choice.best.lr)
+                )
+    assert compared >= 50  # every saved cell of the four tables
+    assert drifted == []
+
+
 def test_lr_grid_adds_the_papers_grid_to_a_preset() -> None:
     sweep = _sweep(_compose("+experiment=table4_mlp", "+lr_grid=thirds"))
     grid = [float(value) for value in sweep["lr"]]

@@ -11,6 +11,7 @@ from conftest import PROJECT_ROOT
 
 from fedavg_mnist.analysis.report import write_report
 from fedavg_mnist.analysis.saved_runs import load_runs
+from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import partition_name
 from fedavg_mnist.rounds_to_target import first_round_at_target, rounds_to_target, summarize
 
@@ -136,6 +137,11 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
 
     c1 = cells[("table1_mlp", "0.1", "IID, B=10")]
     assert (c1["rounds_to_target"], c1["lr"], c1["lrs_tried"]) == ("1.5", "0.1", "0.1 0.2")
+    assert (c1["lr_established"], c1["lrs_finished"], c1["lrs_unsettled"]) == (
+        "true",
+        "0.1 0.2",
+        "",
+    )
     assert c1["speedup"] == f"{3.5 / 1.5:.2f}"
     assert (c1["paper_rounds"], c1["paper_speedup"]) == ("87", f"{316 / 87:.2f}")
 
@@ -165,7 +171,7 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "| 0.1 | not run | 1474 (1.0×) |  | 2 (2.3×) | 87 (3.6×) | 0.02 |" in markdown
     assert "unfinished (best 50.00% after 1)" in markdown
     assert "— (best 60.00% in 2)" in markdown
-    assert "0.1 (best of 2)" in markdown
+    assert "0.1 (best of 2, 2 run to the end)" in markdown
     assert "### Other configurations" in markdown
     assert (
         "| mlp | IID | 10 | 0.1 | 1 | 10 | standardized | pytorch | 0.1 | 1 | 0.9800 |" in markdown
@@ -188,6 +194,33 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     for row in rows:
         assert row in every_cell
     assert "IID, B=∞" not in every_cell  # cells without a run are left out
+
+
+def test_a_rate_stopped_too_soon_is_not_beaten(tmp_path: Path) -> None:
+    """The rule for "best η": a rate loses only once run to the target, or for 1.5 times the
+    winner's rounds without reaching it; a cell whose other rates did neither is marked."""
+    from fedavg_mnist.analysis.saved_runs import best_runs, load_runs
+
+    runs = tmp_path / "runs"
+    winner = [0.1, 0.5, 0.9, 0.96, 0.98]  # crosses 97% at round 3.5
+    fake_run(runs / "a_0.1", winner, lr=0.1)
+    fake_run(runs / "a_0.2", [0.1, 0.5, 0.6], lr=0.2, num_rounds=100, finished=False)  # stopped
+    fake_run(runs / "a_0.05", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], lr=0.05)  # 6 >= 1.5 x 3.5
+    fake_run(runs / "b_0.1", winner, lr=0.1, client_fraction=0.2)
+    fake_run(runs / "b_0.2", [0.1, 0.2, 0.3, 0.4, 0.5, 0.97], lr=0.2, client_fraction=0.2)
+    # a rate tried twice counts once, at its better run
+    fake_run(runs / "b_0.2_again", [0.1, 0.2], lr=0.2, client_fraction=0.2, finished=False)
+
+    choices = {s.client_fraction: c for s, c in best_runs(load_runs([runs])).items()}
+    a, b = choices[0.1], choices[0.2]
+    assert a.best.lr == 0.1 and a.lrs_tried == [0.05, 0.1, 0.2]
+    assert (a.lrs_finished, a.lrs_unsettled, a.established) == ([0.05, 0.1], [0.2], False)
+    assert b.best.lr == 0.1 and b.lrs_tried == [0.1, 0.2] and b.established
+
+    md_path, csv_path = write_report(load_runs([runs]), tmp_path / "report")
+    cell = _cells(csv_path)[("table1_mlp", "0.1", "IID, B=10")]
+    assert (cell["lr_established"], cell["lrs_unsettled"]) == ("false", "0.2")
+    assert "0.1 (best of 3, 2 run to the end) † 0.2" in md_path.read_text()
 
 
 def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -226,7 +259,7 @@ def test_figure_2_keeps_the_best_rate_per_method_in_a_panel_per_partition(tmp_pa
     fake_run(runs / "avg", [0.1, 0.97], local_epochs=5, batch_size=10, lr=0.1, partition=OLD_SHARDS)
     fake_run(runs / "avg_new", [0.1, 0.5], local_epochs=5, batch_size=10, lr=0.2, partition=NON_IID)
     best = best_runs(load_runs([runs]))
-    kept = {run.path.parent.name for run, _ in best.values()}
+    kept = {choice.best.path.parent.name for choice in best.values()}
     assert kept == {"sgd_0.2", "avg"}  # "avg_new", recorded by name, is the same setting
     documents = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/results.json")}
     assert method_label(documents["sgd_0.2"]) == "FedSGD E=1 B=∞ η=0.2"
@@ -267,3 +300,24 @@ def test_commands_fail_in_one_line(name: str, tmp_path: Path) -> None:
     (broken / "results.json").write_text("{")
     result = _module(name, str(broken))
     assert result.returncode == 2 and "cannot read results" in result.stderr
+
+
+def test_results_of_schema_1_read_with_one_meaning_per_field(tmp_path: Path) -> None:
+    """Version 1 files held the first round at target in `rounds_to_target`; read now, the
+    field is the best-so-far crossing, as in every file written today."""
+    from fedavg_mnist.records import SCHEMA_VERSION, load_results
+
+    accuracies = [0.1, 0.9, 0.96, 0.95, 0.98]  # crossing at 3.5, first at round 4
+    fake_run(tmp_path / "old", accuracies)
+    path = tmp_path / "old" / "results.json"
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({**old, "schema_version": 1, "rounds_to_target": 4}))
+    document = load_results(path)
+    assert document["schema_version"] == SCHEMA_VERSION == 2
+    assert (document["rounds_to_target"], document["first_round_at_target"]) == (3.5, 4)
+    assert document["migrated_from_schema_version"] == 1
+    assert document["history"] == old["history"]
+
+    path.write_text(json.dumps({**old, "schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(UserError, match="newer than this code's"):
+        load_results(path)

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.best_lr:
             best = best_runs(load_runs(args.paths))
             settings = sorted(best, key=lambda s: (s.partition, s.local_epochs, s.batch_size or 0))
-            paths_found = [best[setting][0].path for setting in settings]
+            paths_found = [best[setting].best.path for setting in settings]
         else:
             paths_found = find_results(args.paths)
         documents = [load_results(path) for path in paths_found]

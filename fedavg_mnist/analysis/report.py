@@ -19,6 +19,7 @@ from typing import Any
 from fedavg_mnist.analysis.paper import PARTITION_NAMES, TABLES, batch_label
 from fedavg_mnist.analysis.saved_runs import (
     REACHED,
+    RateChoice,
     Run,
     Setting,
     best_runs,
@@ -40,7 +41,7 @@ from fedavg_mnist.errors import UserError
 from fedavg_mnist.storage import write_text_atomic
 
 
-def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
+def other_runs_markdown(best: dict[Setting, RateChoice]) -> str:
     """List runs that match no paper cell (another K, C, E or B), best η each."""
     paper_settings = {cell_setting(cell) for table in TABLES for cell in table.cells}
     others = [(s, found) for s, found in best.items() if s not in paper_settings]
@@ -60,7 +61,8 @@ def other_runs_markdown(best: dict[Setting, tuple[Run, list[float]]]) -> str:
         "best accuracy",
     ]
     lines = ["### Other configurations", "", md_row(header), md_row(["---"] * len(header))]
-    for setting, (run, _) in sorted(others, key=lambda item: repr(item[0])):
+    for setting, choice in sorted(others, key=lambda item: repr(item[0])):
+        run = choice.best
         lines.append(
             md_row(
                 [

@@ -1,7 +1,8 @@
 """Saved runs: found below folders, read from `results.json`, grouped by setting.
 
 A setting is what makes two runs the same experiment, learning rate aside; among the runs
-of a setting the best learning rate is the one with the fewest rounds to target.
+of a setting the best learning rate is the one with the fewest rounds to target, and it is
+established only where every other rate tried lost by the rule of `RateChoice`.
 """
 
 import math
@@ -135,18 +136,67 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     return [Run.from_document(path, load_results(path)) for path in find_results(paths)]
 
 
+# A rate that has not reached the target after this many times the winner's rounds is beaten.
+BEATEN_AFTER = 1.5
+
+
 def run_rank(run: Run) -> tuple[int, float, float]:
     """Sort key, best first: reached the target, fewer rounds, then higher final accuracy."""
     rounds = run.rounds_to_target if run.rounds_to_target is not None else math.inf
     return (0 if run.status == REACHED else 1, rounds, -(run.final_accuracy or 0.0))
 
 
-def best_runs(runs: Iterable[Run]) -> dict[Setting, tuple[Run, list[float]]]:
-    """Per setting: the run with the best learning rate, and all learning rates tried."""
-    groups: dict[Setting, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.setting, []).append(run)
-    return {
-        setting: (min(group, key=run_rank), sorted({run.lr for run in group}))
-        for setting, group in groups.items()
-    }
+def is_beaten(run: Run, best: Run) -> bool:
+    """Whether `run` lost to `best` by the rule, not merely by being stopped sooner.
+
+    A run is beaten only by one that reached the target sooner, and only if it was itself
+    run to the target or for `BEATEN_AFTER` times the winner's rounds without reaching it;
+    where no run reached the target, only runs that ran all their rounds are compared.
+    """
+    if run is best:
+        return False
+    if best.status == REACHED and best.rounds_to_target is not None:
+        return run.status == REACHED or run.completed_rounds >= BEATEN_AFTER * best.rounds_to_target
+    return run.status == NOT_REACHED
+
+
+@dataclass(frozen=True)
+class RateChoice:
+    """A setting's runs, one per learning rate tried, and the best rate among them."""
+
+    best: Run
+    runs: tuple[Run, ...]
+
+    @property
+    def lrs_tried(self) -> list[float]:
+        """Every learning rate tried, ascending."""
+        return sorted(run.lr for run in self.runs)
+
+    @property
+    def lrs_finished(self) -> list[float]:
+        """The rates run to the target or to their last round."""
+        return sorted(run.lr for run in self.runs if run.status != UNFINISHED)
+
+    @property
+    def lrs_unsettled(self) -> list[float]:
+        """The rates that neither won nor lost by the rule: stopped too soon to compare."""
+        return sorted(
+            run.lr for run in self.runs if run is not self.best and not is_beaten(run, self.best)
+        )
+
+    @property
+    def established(self) -> bool:
+        """Whether every other rate tried lost to the best by the rule."""
+        return not self.lrs_unsettled
+
+
+def best_runs(runs: Iterable[Run]) -> dict[Setting, RateChoice]:
+    """Per setting: the learning rates tried (the best run of each) and the best of them."""
+    groups: dict[Setting, dict[float, Run]] = {}
+    for run in sorted(runs, key=run_rank, reverse=True):  # a rate's best run is kept
+        groups.setdefault(run.setting, {})[run.lr] = run
+    choices = {}
+    for setting, by_rate in groups.items():
+        ranked = sorted(by_rate.values(), key=run_rank)
+        choices[setting] = RateChoice(best=ranked[0], runs=tuple(ranked))
+    return choices

@@ -9,7 +9,15 @@ from fedavg_mnist.analysis.paper import (
     Cell,
     PaperTable,
 )
-from fedavg_mnist.analysis.saved_runs import NOT_REACHED, NOT_RUN, REACHED, Run, Setting
+from fedavg_mnist.analysis.saved_runs import (
+    BEATEN_AFTER,
+    NOT_REACHED,
+    NOT_RUN,
+    REACHED,
+    RateChoice,
+    Run,
+    Setting,
+)
 
 CSV_FIELDS = (
     "table",
@@ -27,7 +35,10 @@ CSV_FIELDS = (
     "paper_speedup",
     "ratio_to_paper",
     "lr",
+    "lr_established",
     "lrs_tried",
+    "lrs_finished",
+    "lrs_unsettled",
     "best_accuracy",
     "final_accuracy",
     "completed_rounds",
@@ -57,10 +68,19 @@ class CellResult:
 
     table: PaperTable
     cell: Cell
-    run: Run | None
-    lrs_tried: list[float]
+    choice: RateChoice | None
     speedup: float | None
     paper_speedup: float | None
+
+    @property
+    def run(self) -> Run | None:
+        """The run at the best learning rate tried."""
+        return self.choice.best if self.choice else None
+
+    @property
+    def lrs_tried(self) -> list[float]:
+        """Every learning rate tried for this cell."""
+        return self.choice.lrs_tried if self.choice else []
 
     @property
     def status(self) -> str:
@@ -91,23 +111,20 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def table_results(
-    table: PaperTable, best: dict[Setting, tuple[Run, list[float]]]
-) -> list[CellResult]:
+def table_results(table: PaperTable, best: dict[Setting, RateChoice]) -> list[CellResult]:
     """Fill every cell of `table` from the best runs; missing ones stay `not run`."""
     chosen = {cell: best.get(cell_setting(cell)) for cell in table.cells}
     results = []
-    for cell, found in chosen.items():
+    for cell, choice in chosen.items():
         reference = table.cell(table.baseline_row, cell.column)
-        reference_found = chosen[reference]
-        ours_reference = reference_found[0].rounds_to_target if reference_found else None
-        run, lrs = found if found else (None, [])
+        reference_choice = chosen[reference]
+        ours_reference = reference_choice.best.rounds_to_target if reference_choice else None
+        run = choice.best if choice else None
         results.append(
             CellResult(
                 table=table,
                 cell=cell,
-                run=run,
-                lrs_tried=lrs,
+                choice=choice,
                 speedup=_ratio(ours_reference, run.rounds_to_target if run else None),
                 paper_speedup=_ratio(reference.paper_rounds, cell.paper_rounds),
             )
@@ -159,7 +176,7 @@ def markdown_table(results: Sequence[CellResult]) -> str:
                 f"{ratio:.2f}" if ratio is not None else "",
             ]
         lines.append(md_row(cells))
-    lines += ["", "Learning rate η of each cell (best of the values tried):", ""]
+    lines += ["", "Learning rate η of each cell, " + RATE_LEGEND, ""]
     lines += [
         md_row([table.row_header, *table.columns]),
         md_row(["---"] * (1 + len(table.columns))),
@@ -167,14 +184,29 @@ def markdown_table(results: Sequence[CellResult]) -> str:
     for row in table.rows:
         cells = [row]
         for column in table.columns:
-            result = by_position[(row, column)]
-            if result.run is None:
-                cells.append("")
-            else:
-                tried = len(result.lrs_tried)
-                cells.append(f"{result.run.lr:g}" + (f" (best of {tried})" if tried > 1 else ""))
+            cells.append(rate_text(by_position[(row, column)].choice))
         lines.append(md_row(cells))
     return "\n".join(lines) + "\n"
+
+
+RATE_LEGEND = (
+    "the best of the values tried: (best of n, k run to the end); †: not established, "
+    "another rate tried was stopped before it reached the target or ran "
+    f"{BEATEN_AFTER:g}× the best rate's rounds (listed after †):"
+)
+
+
+def rate_text(choice: RateChoice | None) -> str:
+    """Return the η cell: the best rate, how many were tried and finished, any unsettled."""
+    if choice is None:
+        return ""
+    text = f"{choice.best.lr:g}"
+    tried, finished = len(choice.lrs_tried), len(choice.lrs_finished)
+    if tried > 1:
+        text += f" (best of {tried}, {finished} run to the end)"
+    if not choice.established:
+        text += " † " + ", ".join(f"{lr:g}" for lr in choice.lrs_unsettled)
+    return text
 
 
 def md_row(cells: Sequence[str]) -> str:
@@ -185,6 +217,14 @@ def md_row(cells: Sequence[str]) -> str:
 def number_text(value: float | None, digits: int = 1) -> str:
     """Return a number with `digits` decimals, or nothing."""
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _rates(rates: list[float]) -> str:
+    return " ".join(f"{lr:g}" for lr in rates)
+
+
+def _established_text(choice: RateChoice | None) -> str:
+    return "" if choice is None else str(choice.established).lower()
 
 
 def csv_rows(results: Iterable[CellResult]) -> list[dict[str, Any]]:
@@ -211,7 +251,10 @@ def csv_rows(results: Iterable[CellResult]) -> list[dict[str, Any]]:
                 "paper_speedup": number_text(result.paper_speedup, 2),
                 "ratio_to_paper": number_text(result.ratio_to_paper, 2),
                 "lr": f"{run.lr:g}" if run else "",
+                "lr_established": _established_text(result.choice),
                 "lrs_tried": " ".join(f"{lr:g}" for lr in result.lrs_tried),
+                "lrs_finished": _rates(result.choice.lrs_finished if result.choice else []),
+                "lrs_unsettled": _rates(result.choice.lrs_unsettled if result.choice else []),
                 "best_accuracy": number_text(run.best_accuracy, 4) if run else "",
                 "final_accuracy": number_text(run.final_accuracy, 4) if run else "",
                 "completed_rounds": run.completed_rounds if run else "",

@@ -30,6 +30,7 @@ from fedavg_mnist.partitions import run_partitions
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 NUM_CPUS_KEY, NUM_GPUS_KEY, RAY_NODE_KEY = "num-cpus", "num-gpus", "ray-node"
+PROXIMAL_MU_KEY = "proximal-mu"  # what Flower's FedProx puts in each round's config
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -84,15 +85,20 @@ def num_threads(cfg: RunConfig) -> int:
 def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     """Train the received global model on this node's partition and reply with it."""
     partition_id = int(context.node_config[PARTITION_ID_KEY])
-    server_round = cast(int, msg.content.config_records["config"]["server-round"])
+    round_config = msg.content.config_records["config"]
+    server_round = cast(int, round_config["server-round"])
+    proximal_mu = float(cast(float, round_config.get(PROXIMAL_MU_KEY, 0.0)))
     torch.set_num_threads(num_threads(cfg))
     images, labels = partition_data(cfg, partition_id)
     model = _model(cfg.model.name, str(images.device))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
-    trainer = local_trainer(images.device, cfg.cuda_graphs)
+    trainer = local_trainer(images.device, cfg.cuda_graphs, proximal_mu)
+    extra = {"proximal_mu": proximal_mu} if proximal_mu > 0 else {}
     with autocast(cfg.precision, images.device):
-        loss = trainer(model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator)
+        loss = trainer(
+            model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator, **extra
+        )
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

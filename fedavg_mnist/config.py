@@ -27,6 +27,19 @@ MODEL_NAMES = {"mlp": "2NN", "cnn": "CNN"}
 TARGET_ACCURACY = {"mlp": 0.97, "cnn": 0.99}
 MODELS = tuple(sorted(MODEL_NAMES))
 PARTITIONS = ("iid", "pathological")  # the registry is `partitions.PARTITIONERS`
+# Flower's strategies by name, and the settings (`StrategyConfig` fields) each one reads;
+# the classes are `strategy.STRATEGIES`. FedAvg is the paper's.
+STRATEGY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "fedadagrad": ("eta", "tau"),
+    "fedadam": ("eta", "beta_1", "beta_2", "tau"),
+    "fedavg": (),
+    "fedavgm": ("server_learning_rate", "server_momentum"),
+    "fedmedian": (),
+    "fedprox": ("proximal_mu",),
+    "fedtrimmedavg": ("trim_beta",),
+    "fedyogi": ("eta", "beta_1", "beta_2", "tau"),
+}
+STRATEGY_NAMES = tuple(STRATEGY_SETTINGS)
 INITS = ("pytorch", "truncated_normal")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -68,10 +81,30 @@ class ClientResources:
 
 
 @dataclass(frozen=True)
+class StrategyConfig:
+    """The server's strategy, one of Flower's, and the settings of those that have any.
+
+    Defaults are Flower's (FedYogi's own default η is 0.01; here every server optimizer
+    starts from 0.1 unless `eta` is set).
+    """
+
+    name: str = "fedavg"  # a name of `STRATEGY_NAMES`
+    proximal_mu: float = 0.0  # fedprox: μ of the proximal term μ/2·‖w − w_global‖²
+    server_learning_rate: float = 1.0  # fedavgm
+    server_momentum: float = 0.0  # fedavgm
+    eta: float = 0.1  # fedadam, fedyogi, fedadagrad: the server's learning rate
+    beta_1: float = 0.9  # fedadam, fedyogi
+    beta_2: float = 0.99  # fedadam, fedyogi
+    tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: the adaptivity's floor
+    trim_beta: float = 0.2  # fedtrimmedavg: the fraction cut from each end
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run. None stands for ∞ in `batch_size`, for the paper's in `target_accuracy`."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     partition: str = "iid"  # a name of `PARTITIONS`
     num_clients: int = 100  # K
     client_fraction: float = 0.1  # C; each round m = max(round(C*K), 1) clients
@@ -102,6 +135,11 @@ class RunConfig:
         return TARGET_ACCURACY[self.model.name]
 
     @property
+    def strategy_label(self) -> str:
+        """The strategy and the settings it reads, e.g. `fedprox(proximal_mu=0.1)`."""
+        return strategy_label(asdict(self.strategy))
+
+    @property
     def num_sampled_clients(self) -> int:
         """m, the clients trained each round."""
         return num_sampled_clients(self.client_fraction, self.num_clients)
@@ -115,6 +153,7 @@ class RunConfig:
 RESULT_SETTINGS = (
     "model.name",
     "model.init",
+    *(f"strategy.{name}" for name in StrategyConfig.__dataclass_fields__),
     "partition",
     "num_clients",
     "client_fraction",
@@ -126,6 +165,14 @@ RESULT_SETTINGS = (
     "eval_batch_size",
     "dataset.normalize",
 )
+
+
+def strategy_label(recorded: Mapping[str, Any] | None) -> str:
+    """Name a recorded strategy with the settings it reads; none recorded: the paper's FedAvg."""
+    recorded = recorded or {"name": "fedavg"}
+    name = str(recorded.get("name", "fedavg"))
+    settings = [f"{key}={recorded.get(key)!r}" for key in STRATEGY_SETTINGS.get(name, ())]
+    return f"{name}({', '.join(settings)})" if settings else name
 
 
 def num_sampled_clients(client_fraction: float, num_clients: int) -> int:
@@ -200,9 +247,24 @@ def _typed(key: str, value: Any) -> Any:
     )
 
 
+def _strategy_checks(strategy: StrategyConfig) -> list[tuple[str, bool, str]]:
+    return [
+        ("strategy.name", strategy.name in STRATEGY_NAMES, f"one of {', '.join(STRATEGY_NAMES)}"),
+        ("strategy.proximal_mu", strategy.proximal_mu >= 0, ">= 0 (μ)"),
+        ("strategy.server_learning_rate", strategy.server_learning_rate > 0, "> 0"),
+        ("strategy.server_momentum", 0 <= strategy.server_momentum < 1, "in [0, 1)"),
+        ("strategy.eta", strategy.eta > 0, "> 0 (the server's η)"),
+        ("strategy.beta_1", 0 <= strategy.beta_1 < 1, "in [0, 1)"),
+        ("strategy.beta_2", 0 <= strategy.beta_2 < 1, "in [0, 1)"),
+        ("strategy.tau", strategy.tau > 0, "> 0 (τ)"),
+        ("strategy.trim_beta", 0 <= strategy.trim_beta < 0.5, "in [0, 0.5) (β)"),
+    ]
+
+
 def _checks(config: RunConfig) -> list[tuple[str, bool, str]]:
     resources = config.client_resources
     return [
+        *_strategy_checks(config.strategy),
         ("model.name", config.model.name in MODELS, f"one of {', '.join(MODELS)}"),
         ("model.init", config.model.init in INITS, f"one of {', '.join(INITS)}"),
         ("partition", config.partition in PARTITIONS, f"one of {', '.join(PARTITIONS)}"),
@@ -248,6 +310,7 @@ def parse(settings: Mapping[str, Any]) -> RunConfig:
         **{
             **nested,
             "model": ModelConfig(**nested["model"]),
+            "strategy": StrategyConfig(**nested["strategy"]),
             "dataset": DatasetConfig(**nested["dataset"]),
             "client_resources": ClientResources(**nested["client_resources"]),
         }

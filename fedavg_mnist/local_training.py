@@ -23,20 +23,33 @@ def sgd_epoch(
     order: torch.Tensor,
     batch_size: int,
     loss_sum: torch.Tensor,
+    proximal: Callable[[], torch.Tensor] | None = None,
 ) -> None:
     """One epoch: SGD steps on the minibatches `order` cuts, adding each step's loss to `loss_sum`.
 
     Each step's gradients are fresh tensors (set to None first, not zeroed): the backward
     pass hands its buffers to them without a copy; under capture they come from the
-    graph's own memory, the same addresses on every replay.
+    graph's own memory, the same addresses on every replay. `proximal`, if given, is a term
+    added to each step's objective (FedProx's); `loss_sum` keeps the data's loss alone.
     """
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images.index_select(0, batch)), labels.index_select(0, batch))
-        loss.backward()
+        (loss if proximal is None else loss + proximal()).backward()
         optimizer.step()
         loss_sum += loss.detach()
+
+
+def proximal_term(model: nn.Module, mu: float) -> Callable[[], torch.Tensor]:
+    """Return FedProx's term μ/2·‖w − w_global‖², w_global the model's weights now."""
+    anchors = [(weight, weight.detach().clone()) for weight in model.parameters()]
+
+    def term() -> torch.Tensor:
+        squared = [(weight - anchor).pow(2).sum() for weight, anchor in anchors]
+        return torch.stack(squared).sum() * (mu / 2)
+
+    return term
 
 
 def steps_per_epoch(num_examples: int, batch_size: int | None) -> tuple[int, int]:
@@ -53,19 +66,22 @@ def train_local(
     batch_size: int | None,
     lr: float,
     generator: torch.Generator | None = None,
+    proximal_mu: float = 0.0,
 ) -> float:
     """Run `epochs` (E) of SGD with minibatch `batch_size` (B; None = all) at rate `lr`.
 
     The local data is reshuffled each epoch with `generator`; returns the mean
-    minibatch loss over all local steps.
+    minibatch loss over all local steps. With `proximal_mu` > 0 (FedProx) each step's
+    objective adds μ/2·‖w − w_global‖², w_global being the weights the client received.
     """
     step, num_steps = steps_per_epoch(len(labels), batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     loss_sum = torch.zeros((), device=images.device)
+    proximal = proximal_term(model, proximal_mu) if proximal_mu > 0 else None
     for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator).to(images.device)
-        sgd_epoch(model, optimizer, images, labels, order, step, loss_sum)
+        sgd_epoch(model, optimizer, images, labels, order, step, loss_sum, proximal)
     return float(loss_sum) / (epochs * num_steps)
 
 
@@ -165,6 +181,11 @@ def train_local_graphed(
 Trainer = Callable[..., float]  # `train_local`'s signature, which both trainers share
 
 
-def local_trainer(device: torch.device, cuda_graphs: bool) -> Trainer:
-    """Return the trainer for data on `device`: graphed on CUDA when `cuda_graphs`."""
-    return train_local_graphed if cuda_graphs and device.type == "cuda" else train_local
+def local_trainer(device: torch.device, cuda_graphs: bool, proximal_mu: float = 0.0) -> Trainer:
+    """Return the trainer for data on `device`: graphed on CUDA when `cuda_graphs`.
+
+    The graphed epoch has no proximal term: FedProx's clients (`proximal_mu` > 0) train
+    eagerly.
+    """
+    graphed = cuda_graphs and device.type == "cuda" and proximal_mu == 0
+    return train_local_graphed if graphed else train_local

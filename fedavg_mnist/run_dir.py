@@ -10,12 +10,13 @@ creates the folder, once per run, whichever launcher started it.
 import fcntl
 import os
 import socket
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fedavg_mnist.checkpoint import CHECKPOINT_FILE
-from fedavg_mnist.config import RESULT_SETTINGS, RunConfig, flatten
+from fedavg_mnist.config import RESULT_SETTINGS, RunConfig, StrategyConfig, flatten
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
 
@@ -110,8 +111,11 @@ def check_output_dir(output_dir: Path, resume: bool = False) -> None:
 
 
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """Return the settings that change results, from a recorded config of any version."""
-    flat = flatten(config)
+    """Return the settings that change results, from a recorded config of any version.
+
+    A run recorded before strategies were a setting ran the default one, FedAvg.
+    """
+    flat = flatten({"strategy": asdict(StrategyConfig()), **config})
     flat["partition"] = partition_name(config)
     return {key: flat.get(key) for key in RESULT_SETTINGS}
 

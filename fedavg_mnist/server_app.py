@@ -20,13 +20,14 @@ from fedavg_mnist.config import RunConfig, from_flower, gpus_per_client
 from fedavg_mnist.engine import adjusted_engine
 from fedavg_mnist.errors import RunFailure
 from fedavg_mnist.evaluation import EvaluationQueue, TargetReached, evaluate
+from fedavg_mnist.federation import discover_partitions
 from fedavg_mnist.mnist import load_test_set
 from fedavg_mnist.models import autocast, build_model, num_parameters, place_model, resolve_device
 from fedavg_mnist.partitions import save_run_partitions
 from fedavg_mnist.polling import EngineWakeups
 from fedavg_mnist.records import RunRecorder, load_results, summary_line
 from fedavg_mnist.run_dir import prepare_run_dir, release_run_dir
-from fedavg_mnist.strategy import PaperFedAvg, discover_partitions
+from fedavg_mnist.strategy import make_strategy
 
 
 def seed_everything(seed: int) -> None:
@@ -101,7 +102,8 @@ def run_server(
         return None
 
     gpus = gpus_per_client(cfg.client_resources.num_gpus, device.type)
-    strategy = PaperFedAvg(
+    strategy = make_strategy(
+        cfg.strategy,
         num_train_nodes=cfg.num_sampled_clients,
         node_of_partition=discover_partitions(grid, cfg, gpus),
         seed=cfg.seed,

@@ -1,50 +1,110 @@
-"""The paper's FedAvg as a Flower strategy: the same m partitions per (seed, round), always.
+"""Flower's strategies on the paper's protocol: the same m partitions per (seed, round).
 
-Flower's `FedAvg` does the arithmetic (the average weighted by each client's examples); this
-strategy chooses which clients train, and finds which node holds which partition.
+`make_strategy` builds any strategy of `STRATEGIES` (Flower's own classes, their arithmetic
+untouched) with `PaperSampling` mixed in: it chooses which clients train, from an RNG
+derived from (seed, round), so two strategies' runs with one seed train the same clients on
+the same partitions each round (paired comparisons), and a run is reproducible and
+resumable. FedAvg is the paper's (McMahan et al.); the others are there to compare with it.
 """
 
-import time
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
-
-from fedavg_mnist.client_app import (
-    NUM_CPUS_KEY,
-    NUM_GPUS_KEY,
-    NUM_PARTITIONS_KEY,
-    PARTITION_ID_KEY,
-    RAY_NODE_KEY,
-    reported_partition_id,
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
 )
-from fedavg_mnist.config import RunConfig
-from fedavg_mnist.errors import ClientFailure, UserError
+
+from fedavg_mnist.client_app import RAY_NODE_KEY, reported_partition_id
+from fedavg_mnist.config import STRATEGY_SETTINGS, StrategyConfig
+from fedavg_mnist.errors import ClientFailure
+
+# Each strategy's Flower class; its settings are `config.STRATEGY_SETTINGS`, passed on under
+# Flower's argument names.
+STRATEGIES: dict[str, type[FedAvg]] = {
+    "fedadagrad": FedAdagrad,
+    "fedadam": FedAdam,
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedmedian": FedMedian,
+    "fedprox": FedProx,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "fedyogi": FedYogi,
+}
+FLOWER_ARGUMENT = {"trim_beta": "beta"}  # where Flower's name differs from the setting's
 
 
-class PaperFedAvg(FedAvg):
-    """FedAvg as in McMahan et al.: exactly m = max(round(C*K), 1) clients per round.
+def sample_partitions(seed: int, server_round: int, num_partitions: int, m: int) -> list[int]:
+    """Return the sorted partition IDs that train in `server_round`, m of them.
 
-    Flower's FedAvg samples max(int(fraction_train * K), min_train_nodes) nodes with
-    Python's `random` over node IDs, which are random in every run. This strategy
-    samples data partitions instead, from an RNG derived from (seed, round), so a run
-    is reproducible and resumable; replies are averaged in partition order, weighted
-    by `num-examples` as Flower's FedAvg does.
+    They are drawn from an RNG seeded with (seed, round) alone, whichever strategy asks.
+    """
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(int(p) for p in rng.choice(num_partitions, m, replace=False))
+
+
+class SampledNodes(Grid):
+    """The grid as a strategy's own node sampling sees it: only this round's m nodes."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self.grid, self.node_ids = grid, node_ids
+
+    @property
+    def run(self) -> Any:  # noqa: D102 - the grid's
+        return self.grid.run
+
+    def set_run(self, run: Any) -> None:  # noqa: D102
+        self.grid.set_run(run)
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Return the nodes sampled for this round."""
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class PaperSampling(FedAvg):
+    """Mixed in before a Flower strategy: exactly m = max(round(C*K), 1) clients per round.
+
+    Flower's strategies sample max(int(fraction_train * K), min_train_nodes) nodes with
+    Python's `random` over node IDs, which are random in every run. This mixin samples
+    data partitions instead (`sample_partitions`) and lets the strategy configure the
+    round for those nodes only; replies reach the strategy's arithmetic in partition order.
 
     Parameters
     ----------
     num_train_nodes : int
         m, the number of clients trained each round.
     node_of_partition : dict[int, int]
-        Node ID holding each partition ID (see `discover_partitions`).
+        Node ID holding each partition ID (see `federation.discover_partitions`).
     seed : int
         The run's seed.
     rounds_done : int (default: 0)
         Rounds completed before this start (when resuming): Flower's round r is the run's
         round `rounds_done + r`.
+    **strategy_settings
+        The strategy's own arguments (`proximal_mu`, `eta`, ...).
 
     """
 
@@ -54,42 +114,40 @@ class PaperFedAvg(FedAvg):
         node_of_partition: dict[int, int],
         seed: int,
         rounds_done: int = 0,
+        **strategy_settings: Any,
     ) -> None:
-        num_nodes = len(node_of_partition)
         super().__init__(
-            fraction_train=num_train_nodes / num_nodes,
-            fraction_evaluate=0.0,
+            fraction_train=1.0,  # of the nodes `SampledNodes` shows: this round's m
+            fraction_evaluate=0.0,  # the server evaluates the global model centrally
             min_train_nodes=num_train_nodes,
-            min_available_nodes=num_nodes,
+            min_available_nodes=num_train_nodes,
+            **strategy_settings,
         )
         self.num_train_nodes = num_train_nodes
         self.node_of_partition = node_of_partition
+        self.partition_of_node = {node: p for p, node in node_of_partition.items()}
         self.ray_nodes: set[str] = set()  # the Ray nodes that trained clients, in a simulation
         self.seed = seed
         self.rounds_done = rounds_done
 
     def sample_partitions(self, server_round: int) -> list[int]:
         """Return the sorted partition IDs trained in `server_round`."""
-        rng = np.random.default_rng([self.seed, server_round])
-        chosen = rng.choice(len(self.node_of_partition), self.num_train_nodes, replace=False)
-        return sorted(int(p) for p in chosen)
+        num_partitions = len(self.node_of_partition)
+        return sample_partitions(self.seed, server_round, num_partitions, self.num_train_nodes)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global model to this round's m sampled clients."""
+        """Have the strategy send the global model to this round's m sampled clients."""
         server_round += self.rounds_done
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [
-            Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id)
-            for node_id in (self.node_of_partition[p] for p in self.sample_partitions(server_round))
-        ]
+        nodes = [self.node_of_partition[p] for p in self.sample_partitions(server_round)]
+        messages = super().configure_train(server_round, arrays, config, SampledNodes(grid, nodes))
+        return sorted(messages, key=lambda m: self.partition_of_node[m.metadata.dst_node_id])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the replies in partition order; a failed client fails the run."""
+        """Pass the replies in partition order to the strategy; a failed client fails the run."""
         server_round += self.rounds_done
         replies = list(replies)
         for reply in replies:
@@ -106,69 +164,21 @@ class PaperFedAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
-FEDERATION_HINT = (
-    'under flwr run, set the simulation with --federation-config "num-supernodes={k} '
-    'client-resources-num-cpus={cpus} client-resources-num-gpus={gpus}"; a deployment '
-    'needs K SuperNodes started with --node-config "partition-id=<i> num-partitions={k}"'
-)
-
-
-def check_node(report: ConfigRecord, config: RunConfig, gpus: float) -> None:
-    """Fail at once if a node's partitioning or Ray resources are not what the run needs."""
-    hint = FEDERATION_HINT.format(
-        k=config.num_clients, cpus=config.client_resources.num_cpus, gpus=gpus
+def make_strategy(
+    settings: StrategyConfig,
+    num_train_nodes: int,
+    node_of_partition: dict[int, int],
+    seed: int,
+    rounds_done: int = 0,
+) -> PaperSampling:
+    """Build the strategy `settings.name` names, sampling as the paper does."""
+    flower_class = STRATEGIES[settings.name]
+    strategy_class = type(f"Paper{flower_class.__name__}", (PaperSampling, flower_class), {})
+    strategy_settings = {
+        FLOWER_ARGUMENT.get(key, key): getattr(settings, key)
+        for key in STRATEGY_SETTINGS[settings.name]
+    }
+    strategy = strategy_class(
+        num_train_nodes, node_of_partition, seed, rounds_done, **strategy_settings
     )
-    num_partitions = cast(int, report.get(NUM_PARTITIONS_KEY, -1))
-    if num_partitions != config.num_clients:
-        raise UserError(
-            f"a node holds partition {report.get(PARTITION_ID_KEY)!r} of {num_partitions}, "
-            f"but num_clients (K) is {config.num_clients}: {hint}"
-        )
-    if NUM_CPUS_KEY in report:  # a simulated client: Ray reserved these for it
-        given = (cast(float, report[NUM_CPUS_KEY]), cast(float, report[NUM_GPUS_KEY]))
-        if given != (config.client_resources.num_cpus, gpus):
-            raise UserError(
-                f"each simulated client has {given[0]:g} CPUs and {given[1]:g} GPUs, but "
-                f"client_resources asks for {config.client_resources.num_cpus} and {gpus:g}: {hint}"
-            )
-
-
-def discover_partitions(
-    grid: Grid, config: RunConfig, gpus: float, timeout: float = 600.0
-) -> dict[int, int]:
-    """Ask each node for its partition ID as it connects; return partition ID -> node ID.
-
-    The first reply shows whether the federation is the run's (K partitions, the client
-    resources asked for); a wrong one fails at once instead of waiting for K nodes.
-    """
-    deadline = time.monotonic() + timeout
-    node_of_partition: dict[int, int] = {}
-    asked: set[int] = set()
-    while len(node_of_partition) < config.num_clients:
-        new_nodes = [node_id for node_id in grid.get_node_ids() if node_id not in asked]
-        if not new_nodes:
-            if time.monotonic() > deadline:
-                raise ClientFailure(
-                    f"only {len(node_of_partition)} of {config.num_clients} nodes connected "
-                    f"within {timeout:g} s"
-                )
-            time.sleep(0.1)
-            continue
-        asked.update(new_nodes)
-        queries = [
-            Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
-            for node_id in new_nodes
-        ]
-        for reply in grid.send_and_receive(queries, timeout=max(deadline - time.monotonic(), 1)):
-            if reply.has_error():
-                raise ClientFailure(f"a node failed to report its partition: {reply.error.reason}")
-            report = reply.content.config_records["client"]
-            check_node(report, config, gpus)
-            partition_id = cast(int, report[PARTITION_ID_KEY])
-            if partition_id in node_of_partition or not 0 <= partition_id < config.num_clients:
-                raise UserError(
-                    f"two nodes hold partition {partition_id}, or it is not in 0..K-1 "
-                    f"(K={config.num_clients}): give each node its own partition-id"
-                )
-            node_of_partition[partition_id] = reply.metadata.src_node_id
-    return node_of_partition
+    return cast(PaperSampling, strategy)

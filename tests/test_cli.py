@@ -37,6 +37,8 @@ def _assert_one_line_error(result, pattern: str, status: int = 2) -> None:
         ("lr=-1", "lr must be > 0"),
         ("local_epochs=many", "local_epochs must be an integer, got 'many'"),
         ("no_such_key=1", "Could not override 'no_such_key'"),
+        ("strategy.name=fedsgd", "strategy.name must be one of fedadagrad, fedadam, fedavg,"),
+        ("strategy.server_momentum=1", "strategy.server_momentum must be in [0, 1), got 1"),
     ],
 )
 def test_bad_settings_end_in_one_line(tmp_path: Path, override: str, pattern: str) -> None:
@@ -127,6 +129,19 @@ def test_same_seed_same_history(tiny_run: TinyRun, tmp_path: Path) -> None:
     first = json.loads((tiny_run.run_dir / "results.json").read_text())
     assert first["config"]["fast_polling"] is True
     assert finished_history(again) == finished_history(tiny_run.run_dir)
+
+
+def test_a_strategy_by_name_runs_through_the_cli(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """Flower's FedProx on the tiny run: its settings recorded, a history of its own."""
+    run_dir = tmp_path / "fedprox"
+    strategy = ("strategy.name=fedprox", "strategy.proximal_mu=0.5")
+    result = run_cli(*_tiny(tiny_run.data_root, run_dir, *strategy))
+    assert result.returncode == 0, result.stderr
+    document = json.loads((run_dir / "results.json").read_text())
+    assert document["config"]["strategy"]["name"] == "fedprox"
+    assert document["config"]["strategy"]["proximal_mu"] == 0.5
+    assert finished_history(run_dir)[0] == finished_history(tiny_run.run_dir)[0]  # one start
+    assert finished_history(run_dir) != finished_history(tiny_run.run_dir)
 
 
 def test_stop_at_target_ends_the_run_at_the_first_round_reaching_it(

@@ -45,6 +45,7 @@ def fake_run(
     normalize: bool = True,
     init: str | None = None,
     machines: list[dict[str, object]] | None = None,
+    strategy: dict[str, object] | None = None,
 ) -> None:
     """Write a results.json whose round r (from 0) has test accuracy accuracies[r]."""
     path.mkdir(parents=True)
@@ -59,6 +60,7 @@ def fake_run(
             "lr": lr,
             "num_rounds": num_rounds if num_rounds is not None else len(accuracies) - 1,
             "dataset": {"normalize": normalize},
+            **({"strategy": strategy} if strategy else {}),
         },
         "target_accuracy": 0.97 if model == "mlp" else 0.99,
         "finished": finished,
@@ -109,6 +111,8 @@ def fake_sweep(tmp_path: Path) -> Path:
     fake_run(sweep / "8", [0.1, 0.98], num_clients=10)  # in no paper table
     fake_run(sweep / "9", [0.1, 0.99], normalize=False)  # another setting than C=0.1's cell
     fake_run(sweep / "10", [0.1, 0.5, 0.99], init="truncated_normal")  # and another
+    # FedProx on C=0.1's cell, sooner than FedAvg: another configuration, not the paper's cell
+    fake_run(sweep / "11", [0.1, 0.99], strategy={"name": "fedprox", "proximal_mu": 0.1})
     return sweep
 
 
@@ -174,10 +178,17 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "0.1 (best of 2, 2 run to the end)" in markdown
     assert "### Other configurations" in markdown
     assert (
-        "| mlp | IID | 10 | 0.1 | 1 | 10 | standardized | pytorch | 0.1 | 1 | 0.9800 |" in markdown
+        "| mlp | fedavg | IID | 10 | 0.1 | 1 | 10 | standardized | pytorch | 0.1 | 1 | 0.9800 |"
+        in markdown
     )
-    assert "| mlp | IID | 100 | 0.1 | 1 | 10 | [0, 1] | pytorch | 0.1 | 1 | 0.9900 |" in markdown
-    row = "| mlp | IID | 100 | 0.1 | 1 | 10 | standardized | truncated_normal | 0.1 | 2 | 0.9900 |"
+    row = "| mlp | fedavg | IID | 100 | 0.1 | 1 | 10 | [0, 1] | pytorch | 0.1 | 1 | 0.9900 |"
+    assert row in markdown
+    row = (
+        "| mlp | fedavg | IID | 100 | 0.1 | 1 | 10 | standardized | truncated_normal | 0.1 | 2 "
+        "| 0.9900 |"
+    )
+    assert row in markdown
+    row = "| mlp | fedprox(proximal_mu=0.1) | IID | 100 | 0.1 | 1 | 10 | standardized | pytorch |"
     assert row in markdown
     assert "#### Table 1, 2NN (E=1)" in markdown and "#### Table 4, 2NN (C=0.1)" in markdown
     every_cell = markdown[markdown.index("### Every run cell") :]
@@ -239,7 +250,7 @@ def test_report_and_plot_commands(
     from fedavg_mnist.analysis import plot, report
 
     assert report.main([str(fake_sweep)]) == 0
-    assert "11 runs" in capsys.readouterr().out
+    assert "12 runs" in capsys.readouterr().out
     assert (fake_sweep / "table.md").is_file() and (fake_sweep / "table.csv").is_file()
 
     assert plot.main([str(fake_sweep / "0"), str(fake_sweep / "1")]) == 0

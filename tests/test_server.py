@@ -13,10 +13,11 @@ from flwr.app import (
 from torch import nn
 
 from fedavg_mnist.client_app import PARTITION_ID_KEY
-from fedavg_mnist.config import num_sampled_clients, parse
+from fedavg_mnist.config import StrategyConfig, num_sampled_clients, parse
 from fedavg_mnist.errors import ClientFailure, UserError
 from fedavg_mnist.evaluation import evaluate
-from fedavg_mnist.strategy import PaperFedAvg, check_node, discover_partitions
+from fedavg_mnist.federation import check_node, discover_partitions
+from fedavg_mnist.strategy import PaperSampling, make_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -35,8 +36,10 @@ def _reply(arrays: dict[str, np.ndarray], num_examples: int, partition_id: int) 
     return Message(content=content, reply_to=request)
 
 
-def _strategy(num_train_nodes: int, num_nodes: int = 10, seed: int = 0) -> PaperFedAvg:
-    return PaperFedAvg(num_train_nodes, {p: 1000 + p for p in range(num_nodes)}, seed)
+def _strategy(num_train_nodes: int, num_nodes: int = 10, seed: int = 0) -> PaperSampling:
+    """The paper's FedAvg."""
+    nodes = {p: 1000 + p for p in range(num_nodes)}
+    return make_strategy(StrategyConfig(), num_train_nodes, nodes, seed)
 
 
 def test_aggregate_is_the_sample_weighted_mean() -> None:

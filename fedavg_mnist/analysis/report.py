@@ -42,13 +42,14 @@ from fedavg_mnist.storage import write_text_atomic
 
 
 def other_runs_markdown(best: dict[Setting, RateChoice]) -> str:
-    """List runs that match no paper cell (another K, C, E or B), best η each."""
+    """List runs that match no paper cell (another K, C, E, B or strategy), best η each."""
     paper_settings = {cell_setting(cell) for table in TABLES for cell in table.cells}
     others = [(s, found) for s, found in best.items() if s not in paper_settings]
     if not others:
         return ""
     header = [
         "model",
+        "strategy",
         "partition",
         "K",
         "C",
@@ -67,6 +68,7 @@ def other_runs_markdown(best: dict[Setting, RateChoice]) -> str:
             md_row(
                 [
                     setting.model,
+                    setting.strategy,
                     PARTITION_NAMES.get(setting.partition, setting.partition),
                     str(setting.num_clients),
                     f"{setting.client_fraction:g}",

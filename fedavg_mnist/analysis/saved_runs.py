@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedavg_mnist.config import strategy_label
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
 from fedavg_mnist.rounds_to_target import rounds_to_target
@@ -34,6 +35,7 @@ class Setting:
     target_accuracy: float
     normalize: bool = True  # standardized pixels (the default), or raw [0, 1]
     init: str = "pytorch"  # initial weights (`model.init`)
+    strategy: str = "fedavg"  # the server's strategy and its settings (`strategy_label`)
 
 
 UNRECORDED_MACHINE = "2-core CPU (not recorded)"  # runs from before results named machines
@@ -78,6 +80,7 @@ class Run:
                 target_accuracy=float(document["target_accuracy"]),
                 normalize=bool(cfg.get("dataset", {}).get("normalize", True)),
                 init=str(cfg["model"].get("init", "pytorch")),
+                strategy=strategy_label(cfg.get("strategy")),
             )
             trained = [r for r in document["history"] if r["round"] >= 0]
             rounds = [int(r["round"]) for r in trained]

@@ -1,0 +1,165 @@
+"""Flower's strategies by config, on the paper's protocol: paired, checked, recorded."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SETTINGS
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import strategy as flower_strategies
+from test_server_app import InProcessGrid
+
+from fedavg_mnist.client_app import train
+from fedavg_mnist.config import STRATEGY_NAMES, STRATEGY_SETTINGS, RunConfig, StrategyConfig, parse
+from fedavg_mnist.errors import UserError
+from fedavg_mnist.local_training import train_local
+from fedavg_mnist.models import build_model
+from fedavg_mnist.run_dir import result_settings
+from fedavg_mnist.server_app import prepare_run, run_server
+from fedavg_mnist.strategy import FLOWER_ARGUMENT, STRATEGIES, make_strategy
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+SETTINGS = {  # a setting of each strategy, other than its default
+    "fedavg": {},
+    "fedprox": {"strategy.proximal_mu": 0.1},
+    "fedavgm": {"strategy.server_momentum": 0.9},
+    "fedadam": {"strategy.eta": 0.01},
+    "fedyogi": {"strategy.eta": 0.01},
+    "fedadagrad": {"strategy.eta": 0.01},
+    "fedmedian": {},
+    "fedtrimmedavg": {"strategy.trim_beta": 0.25},
+}
+
+
+@pytest.fixture
+def base(synthetic_root: Path, tmp_path: Path) -> dict[str, object]:
+    """The tiny 2NN run's settings (4 clients, 2 a round), for 3 rounds."""
+    return {**TINY_SETTINGS, "num_rounds": 3, "dataset.root": str(synthetic_root)}
+
+
+def test_the_registry_is_flowers_classes_with_the_settings_passed_on() -> None:
+    assert sorted(STRATEGIES) == sorted(STRATEGY_NAMES) == sorted(SETTINGS)
+    nodes = {p: 100 + p for p in range(4)}
+    for name, settings in SETTINGS.items():
+        config = parse({"strategy.name": name, **settings}).strategy
+        strategy = make_strategy(config, 2, nodes, seed=0)
+        flower_class = getattr(flower_strategies, STRATEGIES[name].__name__)
+        assert isinstance(strategy, flower_class)  # Flower's arithmetic, not a copy
+        for key in STRATEGY_SETTINGS[name]:
+            assert getattr(strategy, FLOWER_ARGUMENT.get(key, key)) == getattr(config, key)
+
+
+def test_every_strategy_trains_the_same_clients_each_round(base, tmp_path: Path) -> None:
+    """Two strategies' runs with one seed are paired: same partitions, round by round; each
+    run's results name its strategy and settings."""
+    trained = {}
+    for name, settings in SETTINGS.items():
+        config = parse(
+            {**base, **settings, "strategy.name": name, "output_dir": str(tmp_path / name)}
+        )
+        prepare_run(config)
+        grid = InProcessGrid(config)
+        run_server(grid, config)
+        trained[name] = grid.trained
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["finished"] and results["config"]["strategy"]["name"] == name
+        for key, value in settings.items():
+            assert results["config"]["strategy"][key.split(".")[1]] == value
+        assert all(np.isfinite(r["loss"]) for r in results["history"])
+    assert len(trained["fedavg"]) == 3
+    assert all(rounds == trained["fedavg"] for rounds in trained.values())
+
+
+def test_fedavgm_without_momentum_is_fedavg_and_with_it_is_not(base, tmp_path: Path) -> None:
+    histories = {}
+    for label, momentum in (("fedavg", None), ("plain", 0.0), ("momentum", 0.9)):
+        settings: dict[str, object] = {} if momentum is None else {"strategy.name": "fedavgm"}
+        if momentum is not None:
+            settings["strategy.server_momentum"] = momentum
+        config = parse({**base, **settings, "output_dir": str(tmp_path / label)})
+        prepare_run(config)
+        run_server(InProcessGrid(config), config)
+        document = json.loads((tmp_path / label / "results.json").read_text())
+        histories[label] = [r["loss"] for r in document["history"]]
+    assert histories["plain"] == pytest.approx(histories["fedavg"], rel=1e-5)
+    assert histories["momentum"][2:] != pytest.approx(histories["fedavg"][2:], rel=1e-3)
+
+
+def test_fedprox_clients_add_the_proximal_term(base, tmp_path: Path) -> None:
+    """μ/2·‖w − w_global‖² pulls the local model towards the global one; μ=0 is FedAvg."""
+    torch.manual_seed(0)
+    images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    start = build_model("mlp").state_dict()
+
+    def distance(mu: float) -> float:
+        model = build_model("mlp")
+        model.load_state_dict(start)
+        generator = torch.Generator().manual_seed(1)
+        train_local(model, images, labels, 3, 8, 0.1, generator, proximal_mu=mu)
+        return sum(float((model.state_dict()[k] - start[k]).norm() ** 2) for k in start)
+
+    assert distance(1.0) < 0.8 * distance(0.0)
+    assert distance(0.0) == distance(0.0)  # and μ=0 is the plain update, bit for bit
+
+    # the ClientApp reads μ from the round's config, as Flower's FedProx puts it there
+    config = parse({**base, "strategy.name": "fedprox", "strategy.proximal_mu": 1.0})
+    config = replace(config, output_dir=str(tmp_path / "run"))
+    prepare_run(config)
+    strategy = make_strategy(config.strategy, 2, {p: 10 + p for p in range(4)}, seed=0)
+    arrays = ArrayRecord(build_model("mlp").state_dict())
+    (message, _) = strategy.configure_train(1, arrays, ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    assert message.content["config"]["proximal-mu"] == 1.0
+    replies = {}
+    for mu in (0.0, 1.0):
+        message.content.config_records["config"]["proximal-mu"] = mu
+        partition = strategy.partition_of_node[message.metadata.dst_node_id]
+        context = Context(
+            1, 10 + partition, {"partition-id": partition, "num-partitions": 4}, RecordDict(), {}
+        )
+        request = Message(
+            content=message.content, dst_node_id=10 + partition, message_type=MessageType.TRAIN
+        )
+        replies[mu] = train(request, context, config).content.array_records["arrays"]
+    moved = {
+        mu: sum(float(np.sum((replies[mu][k].numpy() - arrays[k].numpy()) ** 2)) for k in arrays)
+        for mu in replies
+    }
+    assert moved[1.0] < moved[0.0]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"strategy.name": "fedsgd"}, "strategy.name must be one of fedadagrad, fedadam, fedavg,"),
+        ({"strategy.proximal_mu": -0.1}, "strategy.proximal_mu must be >= 0 (μ), got -0.1"),
+        ({"strategy.server_momentum": 1.0}, "strategy.server_momentum must be in [0, 1), got 1.0"),
+        ({"strategy.beta_1": 1.0}, "strategy.beta_1 must be in [0, 1)"),
+        ({"strategy.tau": 0.0}, "strategy.tau must be > 0 (τ), got 0.0"),
+        ({"strategy.trim_beta": 0.5}, "strategy.trim_beta must be in [0, 0.5) (β), got 0.5"),
+        ({"strategy.eta": 0}, "strategy.eta must be > 0"),
+    ],
+)
+def test_bad_strategy_settings_are_one_line_naming_the_key(setting, message) -> None:
+    with pytest.raises(UserError) as raised:
+        parse(setting)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_run_recorded_before_strategies_resumes_as_fedavg(base) -> None:
+    recorded = parse(base).record()
+    del recorded["strategy"]
+    assert result_settings(recorded) == result_settings(parse(base).record())
+    assert result_settings(recorded) != result_settings(
+        parse({**base, "strategy.name": "fedprox"}).record()
+    )
+
+
+def test_default_strategy_is_the_papers_fedavg() -> None:
+    assert RunConfig().strategy == StrategyConfig() and StrategyConfig().name == "fedavg"
+    assert RunConfig().strategy_label == "fedavg"
+    config = parse({"strategy.name": "fedprox", "strategy.proximal_mu": 0.1})
+    assert config.strategy_label == "fedprox(proximal_mu=0.1)"

@@ -26,7 +26,15 @@ from fedavg_mnist.errors import UserError
 MODEL_NAMES = {"mlp": "2NN", "cnn": "CNN"}
 TARGET_ACCURACY = {"mlp": 0.97, "cnn": 0.99}
 MODELS = tuple(sorted(MODEL_NAMES))
-PARTITIONS = ("iid", "pathological")  # the registry is `partitions.PARTITIONERS`
+# The partitions a run can name, and the settings each reads; the registry is
+# `partitions.PARTITIONERS`. `pathological` is the paper's non-IID.
+PARTITION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "iid": (),
+    "pathological": (),
+    "dirichlet": ("partition_alpha",),
+    "classes": ("partition_classes",),
+}
+PARTITIONS = tuple(PARTITION_SETTINGS)
 # Flower's strategies by name, and the settings (`StrategyConfig` fields) each one reads;
 # the classes are `strategy.STRATEGIES`. FedAvg is the paper's.
 STRATEGY_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -106,6 +114,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     partition: str = "iid"  # a name of `PARTITIONS`
+    partition_alpha: float = 0.5  # dirichlet: α of each label's Dir(α) over the clients
+    partition_classes: int = 2  # classes: how many labels each client holds
     num_clients: int = 100  # K
     client_fraction: float = 0.1  # C; each round m = max(round(C*K), 1) clients
     local_epochs: int = 5  # E
@@ -155,6 +165,8 @@ RESULT_SETTINGS = (
     "model.init",
     *(f"strategy.{name}" for name in StrategyConfig.__dataclass_fields__),
     "partition",
+    "partition_alpha",
+    "partition_classes",
     "num_clients",
     "client_fraction",
     "local_epochs",
@@ -172,6 +184,12 @@ def strategy_label(recorded: Mapping[str, Any] | None) -> str:
     recorded = recorded or {"name": "fedavg"}
     name = str(recorded.get("name", "fedavg"))
     settings = [f"{key}={recorded.get(key)!r}" for key in STRATEGY_SETTINGS.get(name, ())]
+    return f"{name}({', '.join(settings)})" if settings else name
+
+
+def partition_label(recorded: Mapping[str, Any], name: str) -> str:
+    """Name a partition with the settings it reads, e.g. `dirichlet(partition_alpha=0.1)`."""
+    settings = [f"{key}={recorded.get(key)!r}" for key in PARTITION_SETTINGS.get(name, ())]
     return f"{name}({', '.join(settings)})" if settings else name
 
 
@@ -268,6 +286,8 @@ def _checks(config: RunConfig) -> list[tuple[str, bool, str]]:
         ("model.name", config.model.name in MODELS, f"one of {', '.join(MODELS)}"),
         ("model.init", config.model.init in INITS, f"one of {', '.join(INITS)}"),
         ("partition", config.partition in PARTITIONS, f"one of {', '.join(PARTITIONS)}"),
+        ("partition_alpha", config.partition_alpha > 0, "> 0 (the Dirichlet's α)"),
+        ("partition_classes", 1 <= config.partition_classes <= 10, "in 1..10 (labels per client)"),
         ("num_clients", config.num_clients >= 1, ">= 1 (K)"),
         ("client_fraction", 0.0 <= config.client_fraction <= 1.0, "in [0, 1] (C)"),
         ("local_epochs", config.local_epochs >= 1, ">= 1 (E)"),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedavg_mnist.config import PARTITIONS
+from fedavg_mnist.config import PARTITIONS, partition_label
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.mnist import mnist_test_set, mnist_training_set, read_train_labels
 from fedavg_mnist.storage import write_atomic
@@ -41,6 +41,7 @@ def partition_indices(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pyarrow, inside dataset.sort
+            warnings.simplefilter("ignore", UserWarning)  # the Dirichlet's retries, each told
             return [
                 np.asarray(partitioner.load_partition(pid)[:]["index"], dtype=np.int64)
                 for pid in range(partitioner.num_partitions)
@@ -49,14 +50,14 @@ def partition_indices(
         raise UserError(f"invalid partition: {err}") from err
 
 
-def iid(num_clients: int, seed: int) -> "Partitioner":
+def iid(num_clients: int, seed: int, settings: "RunConfig") -> "Partitioner":
     """IID: the shuffled training set split evenly, 600 examples per client at K=100."""
     from flwr_datasets.partitioner import IidPartitioner
 
     return IidPartitioner(num_partitions=num_clients)
 
 
-def pathological(num_clients: int, seed: int) -> "Partitioner":
+def pathological(num_clients: int, seed: int, settings: "RunConfig") -> "Partitioner":
     """Pathological non-IID: sort by label, cut 2K shards, give each client 2 shards."""
     from flwr_datasets.partitioner import ShardPartitioner
 
@@ -70,21 +71,66 @@ def pathological(num_clients: int, seed: int) -> "Partitioner":
     )
 
 
-# The partitions a run can name (`partition=`): each builds its partitioner from (K, seed).
-PARTITIONERS: dict[str, Callable[[int, int], "Partitioner"]] = {
+def dirichlet(num_clients: int, seed: int, settings: "RunConfig") -> "Partitioner":
+    """Spread each label's examples over the clients by a draw of Dir(α).
+
+    Small α: few labels per client. A draw leaving a client under 10 examples is drawn
+    again (flwr-datasets' retry).
+    """
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    return DirichletPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        alpha=settings.partition_alpha,
+        min_partition_size=10,
+        shuffle=True,
+        seed=seed,
+    )
+
+
+def classes(num_clients: int, seed: int, settings: "RunConfig") -> "Partitioner":
+    """Give each client k labels (flwr-datasets' `PathologicalPartitioner`).
+
+    Each label's examples are split evenly among the clients holding it; client i's first
+    label is i mod 10.
+    """
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    return PathologicalPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_classes_per_partition=settings.partition_classes,
+        class_assignment_mode="first-deterministic",  # every label used once K >= 10
+        shuffle=True,
+        seed=seed,
+    )
+
+
+# The partitions a run can name (`partition=`): each builds its partitioner from K, the
+# seed and its settings (`config.PARTITION_SETTINGS`).
+PARTITIONERS: dict[str, Callable[[int, int, "RunConfig"], "Partitioner"]] = {
     "iid": iid,
     "pathological": pathological,
+    "dirichlet": dirichlet,
+    "classes": classes,
 }
 assert tuple(PARTITIONERS) == PARTITIONS, "config.PARTITIONS names the registry's entries"
 
 
 @lru_cache(maxsize=4)
 def _client_partitions(
-    partition: str, root: str, download: bool, verify: bool, seed: int, num_clients: int
+    partition: str,
+    root: str,
+    download: bool,
+    verify: bool,
+    seed: int,
+    num_clients: int,
+    settings: "RunConfig",
 ) -> tuple[np.ndarray, ...]:
     labels = read_train_labels(root, download, verify)
     try:
-        partitioner = PARTITIONERS[partition](num_clients, seed)
+        partitioner = PARTITIONERS[partition](num_clients, seed, settings)
     except ValueError as err:
         raise UserError(f"invalid partition: {err}".splitlines()[0]) from err
     parts = partition_indices(labels, partitioner, seed)
@@ -116,6 +162,24 @@ def client_partitions(config: "RunConfig") -> tuple[np.ndarray, ...]:
         config.dataset.verify_checksums,
         config.seed,
         config.num_clients,
+        partition_settings(config),
+    )
+
+
+def partition_settings(config: "RunConfig") -> "RunConfig":
+    """Return the defaults with the partitioner's settings of `config`.
+
+    Equal partitions then share a cache entry whatever else the run sets.
+    """
+    from dataclasses import replace
+
+    from fedavg_mnist.config import RunConfig
+
+    defaults = RunConfig()
+    return replace(
+        defaults,
+        partition_alpha=config.partition_alpha,
+        partition_classes=config.partition_classes,
     )
 
 
@@ -123,8 +187,9 @@ PARTITIONS_FILE = "partitions.npz"
 
 
 def partitions_key(config: "RunConfig") -> str:
-    """Return what decides the partitions: the partitioner, K and the seed."""
-    return f"{config.partition}|K={config.num_clients}|seed={config.seed}"
+    """Return what decides the partitions: the partitioner and its settings, K and the seed."""
+    name = partition_label(config.record(), config.partition)
+    return f"{name}|K={config.num_clients}|seed={config.seed}"
 
 
 def save_partitions(path: Path, key: str, parts: tuple[np.ndarray, ...]) -> None:

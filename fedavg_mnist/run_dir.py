@@ -113,9 +113,14 @@ def check_output_dir(output_dir: Path, resume: bool = False) -> None:
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:
     """Return the settings that change results, from a recorded config of any version.
 
-    A run recorded before strategies were a setting ran the default one, FedAvg.
+    A run recorded before strategies and partition settings existed ran their defaults.
     """
-    flat = flatten({"strategy": asdict(StrategyConfig()), **config})
+    defaults = RunConfig()
+    older = {
+        "partition_alpha": defaults.partition_alpha,
+        "partition_classes": defaults.partition_classes,
+    }
+    flat = flatten({"strategy": asdict(StrategyConfig()), **older, **config})
     flat["partition"] = partition_name(config)
     return {key: flat.get(key) for key in RESULT_SETTINGS}
 

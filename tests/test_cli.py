@@ -27,7 +27,9 @@ def _assert_one_line_error(result, pattern: str, status: int = 2) -> None:
     ("override", "pattern"),
     [
         ("model=resnet", "unknown model 'resnet': choose one of cnn, mlp"),
-        ("partition=dirichlet", "partition must be one of iid, pathological, got dirichlet"),
+        ("partition=shards", "partition must be one of iid, pathological, dirichlet, classes"),
+        ("partition_alpha=0", "partition_alpha must be > 0 (the Dirichlet's α), got 0"),
+        ("partition_classes=11", "partition_classes must be in 1..10 (labels per client), got 11"),
         ("client_fraction=1.5", "client_fraction must be in [0, 1]"),
         ("client_fraction=-0.1", "client_fraction must be in [0, 1]"),
         ("local_epochs=0", "local_epochs must be >= 1"),

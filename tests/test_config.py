@@ -88,7 +88,7 @@ def test_flower_paths_lie_under_the_runs_home_with_flowers_run_id() -> None:
         ({"device": "tpu"}, "device must be one of"),
         ({"model.init": "xavier"}, "model.init must be one of pytorch, truncated_normal"),
         ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
-        ({"partition": "dirichlet"}, "partition must be one of iid, pathological"),
+        ({"partition": "shards"}, "partition must be one of iid, pathological"),
         ({"num_rounds": "ten"}, "num_rounds must be an integer, got 'ten'"),
         ({"stop_at_target": 1}, "stop_at_target must be true or false"),
         ({"target_accuracy": "best"}, "target_accuracy must be a number or 'paper'"),

@@ -2,6 +2,7 @@ import gzip
 import hashlib
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +243,7 @@ def test_iid_partition_sizes_disjoint_union_and_determinism() -> None:
 
 def test_pathological_partition_is_two_shards_of_sorted_labels() -> None:
     labels = _labels()
-    partitioner = PARTITIONERS["pathological"](100, 0)
+    partitioner = PARTITIONERS["pathological"](100, 0, RunConfig())
     parts = partition_indices(labels, partitioner, seed=0)
     assert [len(p) for p in parts] == [600] * 100
     assert len(np.unique(np.concatenate(parts))) == 60_000
@@ -251,6 +252,35 @@ def test_pathological_partition_is_two_shards_of_sorted_labels() -> None:
     assert sum(d <= 2 for d in digits_per_client) >= 70
     again = partition_indices(labels, ShardPartitioner(100, "label", 2, None, seed=0), seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_dirichlet_alpha_sets_how_many_labels_a_client_holds() -> None:
+    labels = _labels(12_000)
+    held = {}
+    for alpha in (0.1, 1.0):
+        settings = replace(RunConfig(), partition_alpha=alpha)
+        parts = partition_indices(labels, PARTITIONERS["dirichlet"](20, 0, settings), seed=0)
+        assert len(parts) == 20 and min(len(p) for p in parts) >= 10  # flwr-datasets' retry
+        assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(12_000))  # each once
+        held[alpha] = np.mean([len(np.unique(labels[p])) for p in parts])
+    assert held[0.1] < 7 < 9.5 < held[1.0]
+
+
+def test_classes_gives_each_client_k_labels() -> None:
+    labels = _labels(12_000)
+    for k in (1, 3):
+        settings = replace(RunConfig(), partition_classes=k)
+        parts = partition_indices(labels, PARTITIONERS["classes"](20, 0, settings), seed=0)
+        assert {len(np.unique(labels[p])) for p in parts} == {k}
+        assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(12_000))
+
+
+def test_a_partition_that_cannot_be_drawn_is_one_line(synthetic_root: Path, tmp_path: Path):
+    """400 examples for 50 clients of at least 10 each: the Dirichlet's retries give up."""
+    cfg = _run_cfg(synthetic_root, tmp_path, "partition=dirichlet", "num_clients=50")
+    with pytest.raises(UserError, match="^invalid partition: ") as raised:
+        client_partitions(cfg)
+    assert "\n" not in str(raised.value)
 
 
 def test_unknown_partition_is_a_user_error() -> None:

@@ -33,7 +33,7 @@ def test_hydra_parses_the_sweep(override: str, expanded: list[str]) -> None:
     ("override", "message"),
     [
         ("lr=choice(0.1,-1)", "lr must be > 0"),
-        ("partition=choice(iid,dirichlet)", "partition must be one of iid, pathological"),
+        ("partition=choice(iid,shards)", "partition must be one of iid, pathological"),
         ("local_epochs=range(0,3)", "local_epochs must be >= 1"),
         ("lr=range(0.05", "invalid override: no viable alternative at input 'range(0.05'"),
     ],

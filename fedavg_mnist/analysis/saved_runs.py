@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedavg_mnist.config import strategy_label
+from fedavg_mnist.config import partition_label, strategy_label
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
 from fedavg_mnist.rounds_to_target import rounds_to_target
@@ -72,7 +72,7 @@ class Run:
             cfg = document["config"]
             setting = Setting(
                 model=cfg["model"]["name"],
-                partition=partition_name(cfg),
+                partition=partition_label(cfg, partition_name(cfg)),
                 num_clients=int(cfg["num_clients"]),
                 client_fraction=float(cfg["client_fraction"]),
                 local_epochs=int(cfg["local_epochs"]),

@@ -3,7 +3,7 @@
 import io
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ class Checkpoint:
     server_round: int
     state_dict: "dict[str, torch.Tensor]"
     history: list[dict[str, Any]]
+    server_state: "dict[str, Any]" = field(default_factory=dict)  # a strategy's own state
 
 
 def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
@@ -37,6 +38,7 @@ def save_checkpoint(output_dir: Path, checkpoint: Checkpoint) -> None:
         "server_round": checkpoint.server_round,
         "state_dict": {key: value.detach().cpu() for key, value in checkpoint.state_dict.items()},
         "history": checkpoint.history,
+        "server_state": checkpoint.server_state,
     }
     # serialized in memory first: torch turns a failed write (a full disk) into an error
     # that no longer names the operating system's reason; the file's own write keeps it

@@ -108,11 +108,26 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class DifferentialPrivacyConfig:
+    """Central differential privacy as Flower offers it, around any strategy.
+
+    The server clips each client's update to `clipping_norm` and adds Gaussian noise of std
+    `noise_multiplier` x `clipping_norm` / m to their aggregate
+    (`DifferentialPrivacyServerSideFixedClipping`).
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 10.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run. None stands for ∞ in `batch_size`, for the paper's in `target_accuracy`."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    dp: DifferentialPrivacyConfig = field(default_factory=DifferentialPrivacyConfig)
     partition: str = "iid"  # a name of `PARTITIONS`
     partition_alpha: float = 0.5  # dirichlet: α of each label's Dir(α) over the clients
     partition_classes: int = 2  # classes: how many labels each client holds
@@ -147,7 +162,7 @@ class RunConfig:
     @property
     def strategy_label(self) -> str:
         """The strategy and the settings it reads, e.g. `fedprox(proximal_mu=0.1)`."""
-        return strategy_label(asdict(self.strategy))
+        return strategy_label(asdict(self.strategy), asdict(self.dp))
 
     @property
     def num_sampled_clients(self) -> int:
@@ -164,6 +179,7 @@ RESULT_SETTINGS = (
     "model.name",
     "model.init",
     *(f"strategy.{name}" for name in StrategyConfig.__dataclass_fields__),
+    *(f"dp.{name}" for name in DifferentialPrivacyConfig.__dataclass_fields__),
     "partition",
     "partition_alpha",
     "partition_classes",
@@ -179,12 +195,19 @@ RESULT_SETTINGS = (
 )
 
 
-def strategy_label(recorded: Mapping[str, Any] | None) -> str:
-    """Name a recorded strategy with the settings it reads; none recorded: the paper's FedAvg."""
+def strategy_label(recorded: Mapping[str, Any] | None, dp: Mapping[str, Any] | None = None) -> str:
+    """Name a recorded strategy with its settings, and central DP if it was on.
+
+    None recorded: the paper's FedAvg.
+    """
     recorded = recorded or {"name": "fedavg"}
     name = str(recorded.get("name", "fedavg"))
     settings = [f"{key}={recorded.get(key)!r}" for key in STRATEGY_SETTINGS.get(name, ())]
-    return f"{name}({', '.join(settings)})" if settings else name
+    label = f"{name}({', '.join(settings)})" if settings else name
+    if dp and dp.get("enabled"):
+        label += f"+dp(noise_multiplier={dp.get('noise_multiplier')!r}, "
+        label += f"clipping_norm={dp.get('clipping_norm')!r})"
+    return label
 
 
 def partition_label(recorded: Mapping[str, Any], name: str) -> str:
@@ -283,6 +306,8 @@ def _checks(config: RunConfig) -> list[tuple[str, bool, str]]:
     resources = config.client_resources
     return [
         *_strategy_checks(config.strategy),
+        ("dp.noise_multiplier", config.dp.noise_multiplier >= 0, ">= 0"),
+        ("dp.clipping_norm", config.dp.clipping_norm > 0, "> 0"),
         ("model.name", config.model.name in MODELS, f"one of {', '.join(MODELS)}"),
         ("model.init", config.model.init in INITS, f"one of {', '.join(INITS)}"),
         ("partition", config.partition in PARTITIONS, f"one of {', '.join(PARTITIONS)}"),
@@ -331,6 +356,7 @@ def parse(settings: Mapping[str, Any]) -> RunConfig:
             **nested,
             "model": ModelConfig(**nested["model"]),
             "strategy": StrategyConfig(**nested["strategy"]),
+            "dp": DifferentialPrivacyConfig(**nested["dp"]),
             "dataset": DatasetConfig(**nested["dataset"]),
             "client_resources": ClientResources(**nested["client_resources"]),
         }

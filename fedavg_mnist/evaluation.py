@@ -7,6 +7,7 @@ while the next round trains.
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +48,13 @@ class EvaluationQueue:
     the next `submit` or by `finish`.
     """
 
-    def __init__(self, evaluate_round: Callable[[int, StateDict], bool]) -> None:
+    def __init__(self, evaluate_round: Callable[[int, Any], bool]) -> None:
         self.evaluate_round = evaluate_round
         self.stopped_at: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
         self._pending: deque[Future[None]] = deque()
 
-    def _run(self, server_round: int, state: StateDict) -> None:
+    def _run(self, server_round: int, state: Any) -> None:
         if self.stopped_at is None and self.evaluate_round(server_round, state):
             self.stopped_at = server_round
 
@@ -61,8 +62,11 @@ class EvaluationQueue:
         while self._pending and (wait or self._pending[0].done()):
             self._pending.popleft().result()
 
-    def submit(self, server_round: int, state: StateDict) -> None:
-        """Queue a round's global model; raise `TargetReached` once an earlier round stopped."""
+    def submit(self, server_round: int, state: Any) -> None:
+        """Queue a round's global model (with what else `evaluate_round` takes).
+
+        Raises `TargetReached` once an earlier round stopped the run.
+        """
         self._collect(wait=False)
         if self.stopped_at is not None:
             raise TargetReached

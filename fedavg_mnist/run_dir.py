@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedavg_mnist.checkpoint import CHECKPOINT_FILE
-from fedavg_mnist.config import RESULT_SETTINGS, RunConfig, StrategyConfig, flatten
+from fedavg_mnist.config import RESULT_SETTINGS, RunConfig, flatten
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
 
@@ -113,14 +113,13 @@ def check_output_dir(output_dir: Path, resume: bool = False) -> None:
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:
     """Return the settings that change results, from a recorded config of any version.
 
-    A run recorded before strategies and partition settings existed ran their defaults.
+    A run recorded before strategies, DP and partition settings existed ran their defaults.
     """
-    defaults = RunConfig()
+    defaults = asdict(RunConfig())
     older = {
-        "partition_alpha": defaults.partition_alpha,
-        "partition_classes": defaults.partition_classes,
+        key: defaults[key] for key in ("strategy", "dp", "partition_alpha", "partition_classes")
     }
-    flat = flatten({"strategy": asdict(StrategyConfig()), **older, **config})
+    flat = flatten({**older, **config})
     flat["partition"] = partition_name(config)
     return {key: flat.get(key) for key in RESULT_SETTINGS}
 

@@ -10,16 +10,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedavg_mnist.checkpoint import Checkpoint, Checkpointer, load_checkpoint
 from fedavg_mnist.config import RunConfig, from_flower, gpus_per_client
 from fedavg_mnist.engine import adjusted_engine
 from fedavg_mnist.errors import RunFailure
-from fedavg_mnist.evaluation import EvaluationQueue, TargetReached, evaluate
+from fedavg_mnist.evaluation import EvaluationQueue, StateDict, TargetReached, evaluate
 from fedavg_mnist.federation import discover_partitions
 from fedavg_mnist.mnist import load_test_set
 from fedavg_mnist.models import autocast, build_model, num_parameters, place_model, resolve_device
@@ -27,7 +29,12 @@ from fedavg_mnist.partitions import save_run_partitions
 from fedavg_mnist.polling import EngineWakeups
 from fedavg_mnist.records import RunRecorder, load_results, summary_line
 from fedavg_mnist.run_dir import prepare_run_dir, release_run_dir
-from fedavg_mnist.strategy import make_strategy
+from fedavg_mnist.strategy import (
+    SeededCentralDP,
+    make_strategy,
+    restore_server_state,
+    server_state,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -69,11 +76,13 @@ def run_server(
     if cfg.resume:
         checkpoint = load_checkpoint(output_dir)
         rounds_done, initial_state = checkpoint.server_round, checkpoint.state_dict
+        restored_server_state = checkpoint.server_state
         recorder = RunRecorder(
             cfg, num_parameters(model), checkpoint.history, load_results(output_dir)
         )
     else:
         rounds_done, initial_state = 0, model.state_dict()
+        restored_server_state = {}
         recorder = RunRecorder(cfg, num_parameters(model))
     initial_arrays = ArrayRecord(initial_state)
     place_model(model, device)
@@ -81,8 +90,9 @@ def run_server(
     if on_stop is not None:
         on_stop.append(checkpoints.stop)
 
-    def evaluate_round(server_round: int, state: dict[str, torch.Tensor]) -> bool:
+    def evaluate_round(server_round: int, states: tuple[StateDict, dict[str, Any]]) -> bool:
         """Evaluate, record and checkpoint one round; True if the run stops at it."""
+        state, strategy_state = states
         model.load_state_dict(state)
         started = time.perf_counter()
         with autocast(cfg.precision, device):
@@ -90,7 +100,8 @@ def run_server(
         recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
         reached = cfg.stop_at_target and server_round > 0 and accuracy >= recorder.target
         due = reached or server_round in (0, cfg.num_rounds)
-        checkpoints.after_round(Checkpoint(server_round, state, list(recorder.history)), due)
+        checkpoint = Checkpoint(server_round, state, list(recorder.history), strategy_state)
+        checkpoints.after_round(checkpoint, due)
         return reached
 
     evaluations = EvaluationQueue(evaluate_round)
@@ -98,17 +109,20 @@ def run_server(
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         server_round += rounds_done
         if not (cfg.resume and server_round == rounds_done):  # else evaluated before the stop
-            evaluations.submit(server_round, arrays.to_torch_state_dict())
+            states = (arrays.to_torch_state_dict(), server_state(sampling))  # as of this round
+            evaluations.submit(server_round, states)
         return None
 
     gpus = gpus_per_client(cfg.client_resources.num_gpus, device.type)
-    strategy = make_strategy(
+    sampling = make_strategy(
         cfg.strategy,
         num_train_nodes=cfg.num_sampled_clients,
         node_of_partition=discover_partitions(grid, cfg, gpus),
         seed=cfg.seed,
         rounds_done=rounds_done,
     )
+    restore_server_state(sampling, restored_server_state)
+    strategy: Strategy = SeededCentralDP(sampling, cfg.dp) if cfg.dp.enabled else sampling
     try:
         with quiet_flower_rounds(cfg.verbose):
             strategy.start(
@@ -125,7 +139,7 @@ def run_server(
             checkpoints.stop()
         raise
     evaluations.finish()
-    recorder.document["ray_nodes"] = sorted(strategy.ray_nodes)
+    recorder.document["ray_nodes"] = sorted(sampling.ray_nodes)
     recorder.finish()
     print(summary_line(recorder.document, recorder.path), flush=True)
 

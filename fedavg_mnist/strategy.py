@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -25,8 +26,8 @@ from flwr.serverapp.strategy import (
 )
 
 from fedavg_mnist.client_app import RAY_NODE_KEY, reported_partition_id
-from fedavg_mnist.config import STRATEGY_SETTINGS, StrategyConfig
-from fedavg_mnist.errors import ClientFailure
+from fedavg_mnist.config import STRATEGY_SETTINGS, DifferentialPrivacyConfig, StrategyConfig
+from fedavg_mnist.errors import ClientFailure, UserError
 
 # Each strategy's Flower class; its settings are `config.STRATEGY_SETTINGS`, passed on under
 # Flower's argument names.
@@ -164,6 +165,49 @@ class PaperSampling(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
+# What Flower's stateful strategies carry from round to round (FedAvgM's momentum and its
+# own last model, which under central DP is not the noisy global one; the server
+# optimizers' moments): their attributes, read and written only where present.
+SERVER_STATE_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")
+FEDAVGM_ARRAYS = "current_arrays"  # FedAvgM's is an ArrayRecord (FedOpt's is set each round)
+
+
+def server_state(strategy: FedAvg) -> dict[str, Any]:
+    """Return a copy of the strategy's state between rounds, as tensors a checkpoint holds."""
+    import torch
+
+    def tensors(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: torch.from_numpy(np.array(array)) for key, array in value.items()}
+        return [torch.from_numpy(np.array(array)) for array in value]
+
+    state = {}
+    for name in SERVER_STATE_ATTRIBUTES:
+        value = getattr(strategy, name, None)
+        if value is not None:
+            state[name] = tensors(value)
+    if isinstance(getattr(strategy, FEDAVGM_ARRAYS, None), ArrayRecord):
+        state[FEDAVGM_ARRAYS] = getattr(strategy, FEDAVGM_ARRAYS).to_torch_state_dict()
+    return state
+
+
+def restore_server_state(strategy: FedAvg, state: dict[str, Any]) -> None:
+    """Give the strategy the state `server_state` saved; a name it lacks is an error."""
+    for name, value in state.items():
+        if name == FEDAVGM_ARRAYS and isinstance(strategy, FedAvgM):
+            setattr(strategy, name, ArrayRecord(value))
+            continue
+        if name not in SERVER_STATE_ATTRIBUTES or not hasattr(strategy, name):
+            raise UserError(
+                f"cannot resume: the checkpoint holds {name!r}, which this strategy "
+                f"({type(strategy).__name__}) does not keep"
+            )
+        if isinstance(value, dict):
+            setattr(strategy, name, {key: array.numpy() for key, array in value.items()})
+        else:
+            setattr(strategy, name, [array.numpy() for array in value])
+
+
 def make_strategy(
     settings: StrategyConfig,
     num_train_nodes: int,
@@ -182,3 +226,27 @@ def make_strategy(
         num_train_nodes, node_of_partition, seed, rounds_done, **strategy_settings
     )
     return cast(PaperSampling, strategy)
+
+
+class SeededCentralDP(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed-clipping DP around a strategy, its noise drawn per round.
+
+    Flower draws the noise from NumPy's global RNG; this wrapper seeds that RNG from
+    (seed, round) before each aggregation, so a run with DP is reproducible and resumes as
+    if never stopped, like one without.
+    """
+
+    def __init__(self, strategy: PaperSampling, settings: DifferentialPrivacyConfig) -> None:
+        super().__init__(
+            strategy, settings.noise_multiplier, settings.clipping_norm, strategy.num_train_nodes
+        )
+        self.sampling = strategy
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Clip, aggregate with the wrapped strategy, add this round's noise."""
+        run_round = server_round + self.sampling.rounds_done
+        noise_seed = np.random.SeedSequence([self.sampling.seed, run_round, 1])
+        np.random.seed(int(noise_seed.generate_state(1)[0]))
+        return super().aggregate_train(server_round, replies)

@@ -80,7 +80,7 @@ class Run:
                 target_accuracy=float(document["target_accuracy"]),
                 normalize=bool(cfg.get("dataset", {}).get("normalize", True)),
                 init=str(cfg["model"].get("init", "pytorch")),
-                strategy=strategy_label(cfg.get("strategy")),
+                strategy=strategy_label(cfg.get("strategy"), cfg.get("dp")),
             )
             trained = [r for r in document["history"] if r["round"] >= 0]
             rounds = [int(r["round"]) for r in trained]

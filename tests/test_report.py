@@ -46,6 +46,7 @@ def fake_run(
     init: str | None = None,
     machines: list[dict[str, object]] | None = None,
     strategy: dict[str, object] | None = None,
+    seed: int = 0,
 ) -> None:
     """Write a results.json whose round r (from 0) has test accuracy accuracies[r]."""
     path.mkdir(parents=True)
@@ -59,6 +60,7 @@ def fake_run(
             "batch_size": batch_size,
             "lr": lr,
             "num_rounds": num_rounds if num_rounds is not None else len(accuracies) - 1,
+            "seed": seed,
             "dataset": {"normalize": normalize},
             **({"strategy": strategy} if strategy else {}),
         },
@@ -232,6 +234,36 @@ def test_a_rate_stopped_too_soon_is_not_beaten(tmp_path: Path) -> None:
     cell = _cells(csv_path)[("table1_mlp", "0.1", "IID, B=10")]
     assert (cell["lr_established"], cell["lrs_unsettled"]) == ("false", "0.2")
     assert "0.1 (best of 3, 2 run to the end) † 0.2" in md_path.read_text()
+
+
+def test_seeds_of_one_cell_read_with_their_spread_and_interval(tmp_path: Path) -> None:
+    """Five seeds of Table 1's 2NN IID C=0 B=10 cell: mean, std, range, 95% CI (Student's t)
+    of rounds to target, how many reached it, beside the paper's 316; the cell's table entry
+    is its seed 0, not the luckiest seed."""
+    import statistics
+
+    from fedavg_mnist.analysis.seeds import seed_groups, t_quantile
+
+    runs = tmp_path / "runs"
+    crossings = {0: 300, 1: 310, 2: 320, 3: 330}  # each run reaches 97% at exactly that round
+    for seed, at in crossings.items():
+        fake_run(runs / f"s{seed}", [0.1] * at + [0.97], client_fraction=0.0, seed=seed)
+    fake_run(runs / "s4", [0.1, 0.5], client_fraction=0.0, seed=4, num_rounds=400, finished=False)
+    (group,) = seed_groups(load_runs([runs]))
+    assert group.seeds == [0, 1, 2, 3, 4] and (group.reached, group.unfinished) == (4, 1)
+    rounds = [float(r) for r in crossings.values()]
+    half = t_quantile(3) * statistics.stdev(rounds) / 2
+    assert group.interval == pytest.approx((315 - half, 315 + half))
+    assert t_quantile(3) == 3.182 and t_quantile(100) == 1.96
+
+    md_path, csv_path = write_report(load_runs([runs]), tmp_path / "report")
+    markdown = md_path.read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| mlp fedavg iid"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:4] == ["0.1", "0, 1, 2, 3, 4", "4 of 5 (1 unfinished)"]
+    assert cells[4] == f"315.0 ± {statistics.stdev(rounds):.1f}" and cells[5] == "300.0–330.0"
+    assert cells[7:9] == ["316", "yes"]
+    assert _cells(csv_path)[("table1_mlp", "0.0", "IID, B=10")]["rounds_to_target"] == "300.0"
 
 
 def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:

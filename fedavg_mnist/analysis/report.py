@@ -26,6 +26,7 @@ from fedavg_mnist.analysis.saved_runs import (
     default_output_dir,
     load_runs,
 )
+from fedavg_mnist.analysis.seeds import seed_groups, seeds_markdown
 from fedavg_mnist.analysis.tables import (
     CSV_FIELDS,
     cell_setting,
@@ -101,6 +102,15 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[dict[str, Any]]]:
     other = other_runs_markdown(best)
     if other:
         sections.append(other)
+    groups = seed_groups(runs)
+    if groups:
+        paper = {
+            cell_setting(cell): cell.paper_rounds
+            for table in TABLES
+            for cell in table.cells
+            if cell.paper_rounds is not None
+        }
+        sections.append(seeds_markdown(groups, paper))
     if shown:
         sections.append(run_cells_markdown(shown))
     legend = (

@@ -64,6 +64,7 @@ class Run:
     num_rounds: int
     wall_seconds: float
     machine: str = UNRECORDED_MACHINE  # where its rounds ran, as `results.json` records it
+    seed: int = 0
 
     @classmethod
     def from_document(cls, path: Path, document: dict[str, Any]) -> "Run":
@@ -87,6 +88,7 @@ class Run:
             accuracies = [float(r["accuracy"]) for r in trained]
             num_rounds = int(cfg["num_rounds"])
             lr = float(cfg["lr"])
+            seed = int(cfg.get("seed", 0))
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{path} is not a fedavg-mnist results file ({err!r})") from err
         crossing = rounds_to_target(rounds, accuracies, setting.target_accuracy)
@@ -110,6 +112,7 @@ class Run:
             num_rounds=num_rounds,
             wall_seconds=float(document.get("wall_seconds", 0.0)),
             machine=machine_text(document.get("machines")),
+            seed=seed,
         )
 
 
@@ -194,9 +197,11 @@ class RateChoice:
 
 
 def best_runs(runs: Iterable[Run]) -> dict[Setting, RateChoice]:
-    """Per setting: the learning rates tried (the best run of each) and the best of them."""
+    """Per setting: the learning rates tried (one run each) and the best of them."""
     groups: dict[Setting, dict[float, Run]] = {}
-    for run in sorted(runs, key=run_rank, reverse=True):  # a rate's best run is kept
+    # a rate's run of its lowest seed is kept (the best of them, where it was run again):
+    # the spread over seeds is `analysis.seeds`', not a choice of the luckiest seed
+    for run in sorted(runs, key=lambda run: (run.seed, run_rank(run)), reverse=True):
         groups.setdefault(run.setting, {})[run.lr] = run
     choices = {}
     for setting, by_rate in groups.items():

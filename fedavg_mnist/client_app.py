@@ -5,8 +5,9 @@ local SGD (`local_training`) and `identify` tells the server which partition the
 """
 
 import sys
+import time
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedavg_mnist.config import RunConfig, from_flower
-from fedavg_mnist.local_training import local_trainer
+from fedavg_mnist.local_training import local_trainer, train_local
 from fedavg_mnist.mnist import load_training_set
 from fedavg_mnist.models import autocast, build_model, place_model, resolve_device
 from fedavg_mnist.partitions import run_partitions
@@ -31,6 +32,7 @@ PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 NUM_CPUS_KEY, NUM_GPUS_KEY, RAY_NODE_KEY = "num-cpus", "num-gpus", "ray-node"
 PROXIMAL_MU_KEY = "proximal-mu"  # what Flower's FedProx puts in each round's config
+FIRST_EPOCH_LOSS_KEY, LAST_EPOCH_LOSS_KEY = "train-loss-first-epoch", "train-loss-last-epoch"
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -94,15 +96,27 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, partition_id))
     trainer = local_trainer(images.device, cfg.cuda_graphs, proximal_mu)
-    extra = {"proximal_mu": proximal_mu} if proximal_mu > 0 else {}
+    extra: dict[str, Any] = {"proximal_mu": proximal_mu} if proximal_mu > 0 else {}
+    epoch_losses: list[float] = []
+    if trainer is train_local:  # a graphed epoch keeps only the sum over all epochs
+        extra["epoch_losses"] = epoch_losses
+    started = time.perf_counter()
     with autocast(cfg.precision, images.device):
         loss = trainer(
             model, images, labels, cfg.local_epochs, cfg.batch_size, cfg.lr, generator, **extra
         )
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        "train-loss": loss,
+        "num-examples": len(labels),
+    }
+    metrics["train-seconds"] = time.perf_counter() - started
+    if epoch_losses:
+        metrics[FIRST_EPOCH_LOSS_KEY] = epoch_losses[0]
+        metrics[LAST_EPOCH_LOSS_KEY] = epoch_losses[-1]
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"train-loss": loss, "num-examples": len(labels)}),
+            "metrics": MetricRecord(metrics),
             "client": ConfigRecord({PARTITION_ID_KEY: partition_id, **(ray_placement() or {})}),
         }
     )

@@ -67,12 +67,14 @@ def train_local(
     lr: float,
     generator: torch.Generator | None = None,
     proximal_mu: float = 0.0,
+    epoch_losses: list[float] | None = None,
 ) -> float:
     """Run `epochs` (E) of SGD with minibatch `batch_size` (B; None = all) at rate `lr`.
 
     The local data is reshuffled each epoch with `generator`; returns the mean
-    minibatch loss over all local steps. With `proximal_mu` > 0 (FedProx) each step's
-    objective adds μ/2·‖w − w_global‖², w_global being the weights the client received.
+    minibatch loss over all local steps, and appends each epoch's to `epoch_losses` if
+    given. With `proximal_mu` > 0 (FedProx) each step's objective adds
+    μ/2·‖w − w_global‖², w_global being the weights the client received.
     """
     step, num_steps = steps_per_epoch(len(labels), batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -81,7 +83,10 @@ def train_local(
     proximal = proximal_term(model, proximal_mu) if proximal_mu > 0 else None
     for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator).to(images.device)
+        before = float(loss_sum) if epoch_losses is not None else 0.0
         sgd_epoch(model, optimizer, images, labels, order, step, loss_sum, proximal)
+        if epoch_losses is not None:
+            epoch_losses.append((float(loss_sum) - before) / num_steps)
     return float(loss_sum) / (epochs * num_steps)
 
 

@@ -142,13 +142,21 @@ class RunRecorder:
         self._last_save = float("-inf")
 
     def record_round(
-        self, server_round: int, accuracy: float, loss: float, eval_seconds: float
+        self,
+        server_round: int,
+        accuracy: float,
+        loss: float,
+        eval_seconds: float,
+        clients: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Append one round's centralized evaluation, log it and save the results."""
+        """Append one round's centralized evaluation, log it and save the results.
+
+        `clients`: what each client of the round reported of its update.
+        """
         now = time.perf_counter()
         seconds = now - self._last_mark
         self._last_mark = now
-        record = {
+        record: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
@@ -156,6 +164,8 @@ class RunRecorder:
             "eval_seconds": eval_seconds,
             "time": time.time(),  # when the round's evaluation ended (Unix time)
         }
+        if clients is not None:
+            record["clients"] = clients
         self.history.append(record)
         append_line_durably(self.rounds_path, _json_line(record))
         self.progress.update(server_round, accuracy, loss, seconds)

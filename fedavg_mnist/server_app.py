@@ -90,14 +90,14 @@ def run_server(
     if on_stop is not None:
         on_stop.append(checkpoints.stop)
 
-    def evaluate_round(server_round: int, states: tuple[StateDict, dict[str, Any]]) -> bool:
+    def evaluate_round(server_round: int, states: tuple[StateDict, dict[str, Any], Any]) -> bool:
         """Evaluate, record and checkpoint one round; True if the run stops at it."""
-        state, strategy_state = states
+        state, strategy_state, clients = states
         model.load_state_dict(state)
         started = time.perf_counter()
         with autocast(cfg.precision, device):
             loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
-        recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started)
+        recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started, clients)
         reached = cfg.stop_at_target and server_round > 0 and accuracy >= recorder.target
         due = reached or server_round in (0, cfg.num_rounds)
         checkpoint = Checkpoint(server_round, state, list(recorder.history), strategy_state)
@@ -109,7 +109,8 @@ def run_server(
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         server_round += rounds_done
         if not (cfg.resume and server_round == rounds_done):  # else evaluated before the stop
-            states = (arrays.to_torch_state_dict(), server_state(sampling))  # as of this round
+            clients = sampling.client_records.pop(server_round, None)
+            states = (arrays.to_torch_state_dict(), server_state(sampling), clients)
             evaluations.submit(server_round, states)
         return None
 

@@ -25,7 +25,12 @@ from flwr.serverapp.strategy import (
     FedYogi,
 )
 
-from fedavg_mnist.client_app import RAY_NODE_KEY, reported_partition_id
+from fedavg_mnist.client_app import (
+    FIRST_EPOCH_LOSS_KEY,
+    LAST_EPOCH_LOSS_KEY,
+    RAY_NODE_KEY,
+    reported_partition_id,
+)
 from fedavg_mnist.config import STRATEGY_SETTINGS, DifferentialPrivacyConfig, StrategyConfig
 from fedavg_mnist.errors import ClientFailure, UserError
 
@@ -85,6 +90,24 @@ class SampledNodes(Grid):
         return self.grid.send_and_receive(messages, timeout=timeout)
 
 
+def client_record(reply: Message) -> dict[str, Any]:
+    """Return what a client reported of its update: partition, examples, losses, time."""
+    metrics = reply.content.metric_records["metrics"]
+
+    def rounded(key: str) -> float | None:
+        value = metrics.get(key)
+        return None if value is None else float(f"{cast(float, value):.6g}")
+
+    return {
+        "partition": reported_partition_id(reply.content),
+        "examples": int(cast(int, metrics["num-examples"])),
+        "train_loss": rounded("train-loss"),
+        "train_loss_first_epoch": rounded(FIRST_EPOCH_LOSS_KEY),
+        "train_loss_last_epoch": rounded(LAST_EPOCH_LOSS_KEY),
+        "train_seconds": rounded("train-seconds"),
+    }
+
+
 class PaperSampling(FedAvg):
     """Mixed in before a Flower strategy: exactly m = max(round(C*K), 1) clients per round.
 
@@ -128,6 +151,7 @@ class PaperSampling(FedAvg):
         self.node_of_partition = node_of_partition
         self.partition_of_node = {node: p for p, node in node_of_partition.items()}
         self.ray_nodes: set[str] = set()  # the Ray nodes that trained clients, in a simulation
+        self.client_records: dict[int, list[dict[str, Any]]] = {}  # per round, until recorded
         self.seed = seed
         self.rounds_done = rounds_done
 
@@ -162,6 +186,7 @@ class PaperSampling(FedAvg):
         for reply in replies:
             if RAY_NODE_KEY in (client := reply.content.config_records["client"]):
                 self.ray_nodes.add(cast(str, client[RAY_NODE_KEY]))
+        self.client_records[server_round] = [client_record(reply) for reply in replies]
         return super().aggregate_train(server_round, replies)
 
 

@@ -364,3 +364,25 @@ def test_results_of_schema_1_read_with_one_meaning_per_field(tmp_path: Path) -> 
     path.write_text(json.dumps({**old, "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(UserError, match="newer than this code's"):
         load_results(path)
+
+
+def test_client_losses_figure_reads_the_clients_of_each_round(tmp_path: Path) -> None:
+    fake_run(tmp_path / "run", [0.1, 0.5, 0.8])
+    path = tmp_path / "run" / "results.json"
+    document = json.loads(path.read_text())
+    for record in document["history"][1:]:
+        record["clients"] = [
+            {"partition": p, "examples": 600, "train_loss": 0.5 / record["round"] + p / 100,
+             "train_loss_first_epoch": 0.6, "train_loss_last_epoch": 0.4, "train_seconds": 1.0}
+            for p in (3, 7)
+        ]  # fmt: skip
+    path.write_text(json.dumps(document))
+    drawn = _module("fedavg_mnist.analysis.client_losses", str(tmp_path / "run"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "run" / "client_losses.png").read_bytes().startswith(b"\x89PNG")
+    from fedavg_mnist.analysis.client_losses import client_losses
+
+    assert [r for r, _ in client_losses(document)] == [1, 2]
+    fake_run(tmp_path / "old", [0.1, 0.5])  # recorded before clients were
+    refused = _module("fedavg_mnist.analysis.client_losses", str(tmp_path / "old"))
+    assert refused.returncode == 2 and refused.stderr.startswith("error: the run recorded no")

@@ -30,6 +30,7 @@ from fedavg_mnist.evaluation import evaluate
 from fedavg_mnist.local_training import train_local
 from fedavg_mnist.mnist import load_test_set
 from fedavg_mnist.models import build_model
+from fedavg_mnist.partitions import run_partitions
 from fedavg_mnist.server_app import (
     call_on_flower_exit,
     make_server_app,
@@ -233,3 +234,25 @@ def test_flowers_exit_calls_the_stop_actions_where_its_api_is_as_expected(monkey
 
     monkeypatch.setattr(flower_exit, "add_exit_handler", other_signature)
     assert not call_on_flower_exit([lambda: calls.append("again")])
+
+
+def test_each_round_records_what_its_clients_reported(config: RunConfig) -> None:
+    """Per client and round: partition, examples, local loss (first and last epoch), time."""
+    config = replace(config, local_epochs=2)
+    prepare_run(config)
+    grid = InProcessGrid(config)
+    run_server(grid, config)
+    results = json.loads((Path(config.output_dir) / "results.json").read_text())
+    lines = (Path(config.output_dir) / "rounds.jsonl").read_text().splitlines()
+    assert "clients" not in results["history"][0]  # round 0: the initial model, no clients
+    sizes = {p: len(part) for p, part in enumerate(run_partitions(config))}
+    for server_round, trained in enumerate(grid.trained, start=1):
+        clients = results["history"][server_round]["clients"]
+        assert json.loads(lines[server_round])["clients"] == clients
+        assert [c["partition"] for c in clients] == trained
+        for client in clients:
+            assert client["examples"] == sizes[client["partition"]]
+            assert client["train_seconds"] > 0
+            first, last = client["train_loss_first_epoch"], client["train_loss_last_epoch"]
+            assert client["train_loss"] == pytest.approx((first + last) / 2, rel=1e-4)
+            assert last < first  # E=2 on the synthetic digits: the second epoch learns

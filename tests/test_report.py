@@ -386,3 +386,28 @@ def test_client_losses_figure_reads_the_clients_of_each_round(tmp_path: Path) ->
     fake_run(tmp_path / "old", [0.1, 0.5])  # recorded before clients were
     refused = _module("fedavg_mnist.analysis.client_losses", str(tmp_path / "old"))
     assert refused.returncode == 2 and refused.stderr.startswith("error: the run recorded no")
+
+
+def test_figures_fit_the_data_mark_unfinished_runs_and_keep_colours(tmp_path: Path) -> None:
+    """A sweep whose runs end far below the target still shows them; a run stopped early
+    reads as unfinished, not as a plateau; a setting has one colour in every panel."""
+    from matplotlib.figure import Figure
+
+    from fedavg_mnist.analysis.figures import colours_for, draw_accuracy, figure_title
+
+    fake_run(tmp_path / "low", [0.1, 0.4, 0.58], lr=0.5)
+    fake_run(tmp_path / "stopped", [0.1, 0.9, 0.95], num_rounds=100, finished=False)
+    fake_run(tmp_path / "other", [0.1, 0.9, 0.97], partition=NON_IID)
+    documents = {p.name: json.loads((p / "results.json").read_text()) for p in tmp_path.iterdir()}
+    colours = colours_for(list(documents.values()))
+    left, right = Figure().subplots(1, 2)
+    draw_accuracy(left, [documents["low"], documents["stopped"]], colours=colours)
+    draw_accuracy(right, [documents["other"]], colours=colours)
+    assert left.get_ylim()[0] <= 0.4  # the 2NN run best at 58% is on the axes
+    labels = [line.get_label() for line in left.get_lines()]
+    assert any(label.endswith("(unfinished after 2)") for label in labels)
+    stopped = next(line for line in left.get_lines() if "unfinished" in str(line.get_label()))
+    assert stopped.get_linestyle() == "--"
+    assert stopped.get_color() == right.get_lines()[0].get_color()  # both E=1 B=10 η=0.1
+    assert left.xaxis.get_major_formatter()(2.0, 0) == "2"  # not 2×10^0
+    assert figure_title(list(documents.values())).startswith("MNIST, 2NN, K=100, C=0.1:")

@@ -31,29 +31,85 @@ def run_label(document: dict[str, Any]) -> str:
     )
 
 
+def is_unfinished(document: dict[str, Any]) -> bool:
+    """Whether the run stopped before its last round without reaching its target."""
+    rounds = [r["round"] for r in document["history"]]
+    target = float(document["target_accuracy"])
+    reached = any(r["accuracy"] >= target for r in document["history"] if r["round"] >= 1)
+    completed = max(rounds, default=0) >= int(document["config"]["num_rounds"])
+    return not reached and not (document.get("finished") and completed)
+
+
+def setting_key(document: dict[str, Any]) -> tuple[Any, ...]:
+    """Return what a colour stands for: the method (E, B) and η, in every panel alike."""
+    cfg = document["config"]
+    return (cfg["local_epochs"], batch_label(cfg["batch_size"]), float(cfg["lr"]))
+
+
+def colours_for(documents: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], Any]:
+    """One colour per setting, assigned in a fixed order, so panels agree."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"]
+    keys = sorted({setting_key(d) for d in documents}, key=repr)
+    return {key: palette(index % palette.N) for index, key in enumerate(keys)}
+
+
 def draw_accuracy(
     ax: "Axes",
     documents: Sequence[dict[str, Any]],
     log_x: bool = True,
     labels: Sequence[str] | None = None,
+    colours: Mapping[tuple[Any, ...], Any] | None = None,
 ) -> None:
-    """Draw each run's best-so-far test accuracy against round on `ax`, with the targets."""
+    """Draw each run's best-so-far test accuracy against round on `ax`, with the targets.
+
+    The y axis fits every curve (from its lowest point after round 1); an unfinished run
+    is dashed, ends in a cross and says so in its label.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    colours = colours or colours_for(documents)
+    lowest = 1.0
     for index, document in enumerate(documents):
         trained = [r for r in document["history"] if r["round"] >= 1]
         rounds = [r["round"] for r in trained]
+        curve = best_so_far([r["accuracy"] for r in trained])
         label = labels[index] if labels else run_label(document)
-        ax.plot(rounds, best_so_far([r["accuracy"] for r in trained]), label=label)
+        unfinished = is_unfinished(document)
+        if unfinished:
+            label += f" (unfinished after {rounds[-1] if rounds else 0})"
+        colour = colours.get(setting_key(document))
+        style = "--" if unfinished else "-"
+        ax.plot(rounds, curve, style, color=colour, label=label)
+        if unfinished and rounds:
+            ax.plot(rounds[-1], curve[-1], "x", color=colour)
+        lowest = min([lowest, *curve])
     targets = sorted({float(d["target_accuracy"]) for d in documents})
     for target in targets:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:.0%}")
     if log_x:
         ax.set_xscale("log")
-    lowest = min(targets, default=0.9)
-    ax.set_ylim(max(0.0, lowest - 0.07), 1.0)
-    ax.set_xlabel("communication round")
-    ax.set_ylabel("test accuracy (best so far)")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    floor = min([lowest, *targets]) if targets else lowest
+    ax.set_ylim(max(0.0, floor - 0.01), 1.0 + 0.002)
+    ax.set_xlabel("communication round" + (" (log scale)" if log_x else ""))
+    ax.set_ylabel("test accuracy, best so far")
+    ax.grid(True, alpha=0.3, which="major")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
+def figure_title(documents: Sequence[dict[str, Any]]) -> str:
+    """Name what the figure shows: MNIST, the model(s), K and C of its runs."""
+    models = sorted({MODEL_NAMES.get(d["config"]["model"]["name"], "?") for d in documents})
+    fractions = sorted({float(d["config"]["client_fraction"]) for d in documents})
+    clients = sorted({int(d["config"]["num_clients"]) for d in documents})
+    return (
+        f"MNIST, {' and '.join(models)}, K={', '.join(map(str, clients))}, "
+        f"C={', '.join(f'{c:g}' for c in fractions)}: test accuracy (best so far) against rounds"
+    )
 
 
 def method_label(document: dict[str, Any]) -> str:
@@ -76,15 +132,19 @@ def plot_accuracy(
     """
     from matplotlib.figure import Figure
 
+    every = [run for runs in panels.values() for run in runs] if panels else list(documents)
+    colours = colours_for(every)
     if panels:
-        fig = Figure(figsize=(6 * len(panels), 4.5))
+        fig = Figure(figsize=(6.5 * len(panels), 5.5))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]  # an array also for one panel
         for ax, (title, runs) in zip(axes, panels.items(), strict=True):
-            draw_accuracy(ax, runs, log_x=log_x, labels=[method_label(run) for run in runs])
-            ax.set_title(title)
+            labels = [method_label(run) for run in runs]
+            draw_accuracy(ax, runs, log_x=log_x, labels=labels, colours=colours)
+            ax.set_title(title, fontsize=10)
     else:
-        fig = Figure(figsize=(7, 4.5))
-        draw_accuracy(fig.subplots(), documents, log_x=log_x)
+        fig = Figure(figsize=(7.5, 5.5))
+        draw_accuracy(fig.subplots(), documents, log_x=log_x, colours=colours)
+    fig.suptitle(figure_title(every), fontsize=10)
     fig.tight_layout()
     try:
         for path in [paths] if isinstance(paths, Path) else paths:

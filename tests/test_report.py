@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import PROJECT_ROOT
 
@@ -411,3 +412,19 @@ def test_figures_fit_the_data_mark_unfinished_runs_and_keep_colours(tmp_path: Pa
     assert stopped.get_color() == right.get_lines()[0].get_color()  # both E=1 B=10 η=0.1
     assert left.xaxis.get_major_formatter()(2.0, 0) == "2"  # not 2×10^0
     assert figure_title(list(documents.values())).startswith("MNIST, 2NN, K=100, C=0.1:")
+
+
+def test_seeds_are_drawn_as_a_mean_curve_with_a_band(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from fedavg_mnist.analysis.figures import draw_accuracy
+
+    for seed, accuracies in enumerate(([0.1, 0.5, 0.9, 0.97], [0.1, 0.7, 0.8], [0.1, 0.6, 0.95])):
+        fake_run(tmp_path / str(seed), accuracies, seed=seed)
+    documents = [json.loads((tmp_path / str(s) / "results.json").read_text()) for s in range(3)]
+    ax = Figure().subplots()
+    draw_accuracy(ax, documents)
+    (mean, target) = ax.get_lines()
+    assert "(3 seeds: mean, band min–max, to round 2)" in str(mean.get_label())
+    assert np.asarray(mean.get_ydata()).tolist() == pytest.approx([0.6, (0.9 + 0.8 + 0.95) / 3])
+    assert len(ax.collections) == 1  # the band

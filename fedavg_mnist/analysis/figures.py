@@ -71,15 +71,23 @@ def draw_accuracy(
 
     colours = colours or colours_for(documents)
     lowest = 1.0
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for index, document in enumerate(documents):
+        groups.setdefault(seedless_key(document), []).append(index)
+    for indices in groups.values():
+        first = documents[indices[0]]
+        label = labels[indices[0]] if labels else run_label(first)
+        colour = colours.get(setting_key(first))
+        if len({documents[i]["config"].get("seed", 0) for i in indices}) > 1:
+            lowest = min(lowest, draw_seed_band(ax, [documents[i] for i in indices], label, colour))
+            continue
+        document = first
         trained = [r for r in document["history"] if r["round"] >= 1]
         rounds = [r["round"] for r in trained]
         curve = best_so_far([r["accuracy"] for r in trained])
-        label = labels[index] if labels else run_label(document)
         unfinished = is_unfinished(document)
         if unfinished:
             label += f" (unfinished after {rounds[-1] if rounds else 0})"
-        colour = colours.get(setting_key(document))
         style = "--" if unfinished else "-"
         ax.plot(rounds, curve, style, color=colour, label=label)
         if unfinished and rounds:
@@ -99,6 +107,42 @@ def draw_accuracy(
     ax.set_ylabel("test accuracy, best so far")
     ax.grid(True, alpha=0.3, which="major")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
+def seedless_key(document: dict[str, Any]) -> tuple[Any, ...]:
+    """Return what makes runs the same but for their seed (one band of seeds per key)."""
+    cfg = document["config"]
+    return (
+        cfg["model"]["name"],
+        recorded_partition(cfg),
+        cfg["num_clients"],
+        cfg["client_fraction"],
+        *setting_key(document),
+        repr(cfg.get("strategy")),
+        repr(cfg.get("dp")),
+    )
+
+
+def draw_seed_band(
+    ax: "Axes", documents: Sequence[dict[str, Any]], label: str, colour: Any
+) -> float:
+    """Draw the mean best-so-far curve of runs differing only in seed, min–max as a band.
+
+    Drawn up to the last round every seed reached; returns the band's lowest point.
+    """
+    curves = []
+    for document in documents:
+        trained = [r for r in document["history"] if r["round"] >= 1]
+        curves.append(best_so_far([r["accuracy"] for r in trained]))
+    common = min(len(curve) for curve in curves)
+    rounds = list(range(1, common + 1))
+    columns = [[curve[i] for curve in curves] for i in range(common)]
+    low, high = [min(c) for c in columns], [max(c) for c in columns]
+    mean = [sum(c) / len(c) for c in columns]
+    ax.fill_between(rounds, low, high, color=colour, alpha=0.2, linewidth=0)
+    seeds = f"{len(documents)} seeds: mean, band min–max"
+    ax.plot(rounds, mean, color=colour, label=f"{label} ({seeds}, to round {common})")
+    return min(low, default=1.0)
 
 
 def figure_title(documents: Sequence[dict[str, Any]]) -> str:

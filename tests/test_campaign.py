@@ -125,6 +125,30 @@ def test_cells_at_once_each_log_on_their_own_and_keep_going_after_failures(
     assert "| good | done | 1 |" in (tmp_path / "runs" / "STATUS.md").read_text()
 
 
+def test_the_status_of_a_queue_not_started_writes_nothing(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    queue = _queue(tmp_path, synthetic_root, {"first": ["num_rounds=2"]})
+    status = subprocess.run(
+        _campaign("status", str(queue)), cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    assert "| first | left | 0 |" in status.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_queue_file_of_the_project_reads(tmp_path: Path) -> None:
+    """The shipped queues (the CNN cells, the seeds): every cell's overrides compose."""
+    from fedavg_mnist.ops.campaign_queue import load_queue
+    from fedavg_mnist.overrides import compose_run_config
+
+    for path in sorted((PROJECT_ROOT / "conf" / "campaign").glob("*.yaml")):
+        queue = load_queue(path)
+        assert queue.cells, path
+        for cell in queue.cells[:3] + queue.cells[-3:]:
+            compose_run_config([*queue.common, *cell.overrides], str(tmp_path))
+
+
 def test_a_pattern_that_matches_no_cell_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
     queue = _queue(tmp_path, synthetic_root, {"only": ["num_rounds=1"]})
     result = subprocess.run(

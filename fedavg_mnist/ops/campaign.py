@@ -256,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError("the queue did not stop within 60 s")
             return 0
         markdown = status_markdown(queue)
-        write_text_atomic(queue.runs_dir / STATUS_FILE, markdown)
+        if queue.runs_dir.is_dir():  # a queue not started yet has no folder to keep it in
+            write_text_atomic(queue.runs_dir / STATUS_FILE, markdown)
         print(markdown, end="")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

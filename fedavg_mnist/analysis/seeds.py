@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fedavg_mnist.analysis.saved_runs import REACHED, UNFINISHED, Run, Setting
+from fedavg_mnist.analysis.tables import md_row
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's).
 T_975 = {
@@ -109,8 +110,8 @@ def seeds_markdown(groups: Iterable[SeedGroup], paper_rounds: Mapping[Setting, i
     lines = [
         "### Seeds: rounds to target over seeds",
         "",
-        _row(header),
-        _row(["---"] * len(header)),
+        md_row(header),
+        md_row(["---"] * len(header)),
     ]
     for group in groups:
         setting, rounds, interval = group.setting, group.rounds, group.interval
@@ -122,7 +123,7 @@ def seeds_markdown(groups: Iterable[SeedGroup], paper_rounds: Mapping[Setting, i
         if group.unfinished:
             reached += f" ({group.unfinished} unfinished)"
         lines.append(
-            _row(
+            md_row(
                 [
                     setting_text(setting),
                     f"{group.lr:g}",
@@ -148,6 +149,3 @@ def setting_text(setting: Setting) -> str:
         f"C={setting.client_fraction:g} E={setting.local_epochs} B={batch}"
     )
 
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"

@@ -148,4 +148,3 @@ def setting_text(setting: Setting) -> str:
         f"{setting.model} {setting.strategy} {setting.partition} K={setting.num_clients} "
         f"C={setting.client_fraction:g} E={setting.local_epochs} B={batch}"
     )
-

@@ -48,6 +48,9 @@ STRATEGY_SETTINGS: dict[str, tuple[str, ...]] = {
     "fedyogi": ("eta", "beta_1", "beta_2", "tau"),
 }
 STRATEGY_NAMES = tuple(STRATEGY_SETTINGS)
+# Trackers a run can log to besides its results (`tracking.py`), and W&B's modes.
+TRACKERS = ("none", "tensorboard", "wandb")
+WANDB_MODES = ("online", "offline")
 INITS = ("pytorch", "truncated_normal")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -149,6 +152,11 @@ class RunConfig:
     output_dir: str = "outputs/{run_id}"
     checkpoint_every: int = 10  # save model and history every N rounds (0: never)
     resume: bool = False  # continue the run in `output_dir` after its last checkpoint
+    tracking: str = "none"  # none, tensorboard or wandb (the `tracking` extra)
+    tracking_dir: str = ""  # where the tracker writes; empty: the run directory
+    wandb_project: str = "fedavg-mnist"
+    wandb_group: str = ""  # empty: a sweep point's sweep folder, none for a single run
+    wandb_mode: str = "online"  # or offline: no network or key; `wandb sync` later
     fast_polling: bool = True  # wake Flower's simulation loops on messages, not every 100 ms
     verbose: bool = False  # show Flower's and Ray's logs
 
@@ -331,6 +339,8 @@ def _checks(config: RunConfig) -> list[tuple[str, bool, str]]:
         ("device", config.device in DEVICES, f"one of {', '.join(DEVICES)}"),
         ("precision", config.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         ("eval_batch_size", config.eval_batch_size >= 1, ">= 1"),
+        ("tracking", config.tracking in TRACKERS, f"one of {', '.join(TRACKERS)}"),
+        ("wandb_mode", config.wandb_mode in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}"),
         ("checkpoint_every", config.checkpoint_every >= 0, ">= 0 (0: never)"),
         ("client_resources.num_cpus", resources.num_cpus >= 1, ">= 1"),
         (
@@ -403,6 +413,12 @@ def from_flower(run_config: Mapping[str, bool | int | float | str], run_id: int)
 
 
 def with_paths(config: RunConfig, resolve: Any) -> RunConfig:
-    """Return `config` with `output_dir` and `dataset.root` passed through `resolve`."""
+    """Return `config` with its paths passed through `resolve` (`tracking_dir` if set)."""
     dataset = replace(config.dataset, root=str(resolve(config.dataset.root)))
-    return replace(config, output_dir=str(resolve(config.output_dir)), dataset=dataset)
+    tracking_dir = str(resolve(config.tracking_dir)) if config.tracking_dir else ""
+    return replace(
+        config,
+        output_dir=str(resolve(config.output_dir)),
+        dataset=dataset,
+        tracking_dir=tracking_dir,
+    )

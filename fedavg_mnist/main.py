@@ -176,7 +176,7 @@ def no_room_for_clients_told(config: RunConfig) -> Iterator[None]:
 def main(cfg: DictConfig) -> None:
     """Run one configuration; any failure ends the process with `failure_status`."""
     try:
-        run(to_run_config(cfg))
+        run(sweep_group(to_run_config(cfg)))
     except (Exception, KeyboardInterrupt) as err:
         end(*failure_status(err))
 
@@ -244,12 +244,36 @@ def check_data(configs: list[RunConfig]) -> None:
         client_partitions(config)  # cached: the run reuses them
 
 
+def check_trackers(configs: list[RunConfig]) -> None:
+    """Check every run's tracker (installed, its folder writable) before Hydra starts."""
+    from fedavg_mnist.tracking import check_tracking
+
+    for config in configs:
+        check_tracking(config)
+
+
+def sweep_group(config: RunConfig) -> RunConfig:
+    """Group a sweep point's tracker run with its sweep's (W&B's group: the sweep folder)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if config.wandb_group or not HydraConfig.initialized():
+        return config
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return config
+    sweep_dir = Path(hydra_config.sweep.dir).expanduser().resolve()
+    return replace(config, wandb_group="/".join(sweep_dir.parts[-2:]))
+
+
 def cli() -> None:
     """Console entry: check the overrides and the data, then hand over to Hydra."""
     signal.signal(signal.SIGTERM, _terminate)
     register_hydra_config()
     try:
-        check_data(check_overrides(sys.argv[1:]))
+        configs = check_overrides(sys.argv[1:])
+        check_trackers(configs)
+        check_data(configs)
         if run_dir := named_run_dir(sys.argv[1:]):
             hold_run_dir(run_dir)  # before Hydra writes its `.hydra/` there
     except UserError as err:

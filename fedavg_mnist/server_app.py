@@ -35,6 +35,7 @@ from fedavg_mnist.strategy import (
     restore_server_state,
     server_state,
 )
+from fedavg_mnist.tracking import check_tracking, start_tracker
 
 
 def seed_everything(seed: int) -> None:
@@ -47,7 +48,8 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_run(config: RunConfig) -> None:
-    """Check the run directory, create it and save the run's partitions: once per run."""
+    """Check the tracker and the run directory, create it, save the partitions: once per run."""
+    check_tracking(config)
     prepare_run_dir(config)
     save_run_partitions(config)
 
@@ -73,13 +75,12 @@ def run_server(
     output_dir = Path(cfg.output_dir)
     test_images, test_labels = (tensor.to(device) for tensor in load_test_set(cfg.dataset))
     model = build_model(cfg.model.name, cfg.model.init)
+    previous = load_results(output_dir) if cfg.resume else None
     if cfg.resume:
         checkpoint = load_checkpoint(output_dir)
         rounds_done, initial_state = checkpoint.server_round, checkpoint.state_dict
         restored_server_state = checkpoint.server_state
-        recorder = RunRecorder(
-            cfg, num_parameters(model), checkpoint.history, load_results(output_dir)
-        )
+        recorder = RunRecorder(cfg, num_parameters(model), checkpoint.history, previous)
     else:
         rounds_done, initial_state = 0, model.state_dict()
         restored_server_state = {}
@@ -89,6 +90,7 @@ def run_server(
     checkpoints = Checkpointer(output_dir, cfg.checkpoint_every, recorder.save)
     if on_stop is not None:
         on_stop.append(checkpoints.stop)
+    tracker = start_tracker(cfg, recorder.document, previous, rounds_done + 1 if cfg.resume else 0)
 
     def evaluate_round(server_round: int, states: tuple[StateDict, dict[str, Any], Any]) -> bool:
         """Evaluate, record and checkpoint one round; True if the run stops at it."""
@@ -98,6 +100,7 @@ def run_server(
         with autocast(cfg.precision, device):
             loss, accuracy = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
         recorder.record_round(server_round, accuracy, loss, time.perf_counter() - started, clients)
+        tracker.log_round(recorder.history[-1])
         reached = cfg.stop_at_target and server_round > 0 and accuracy >= recorder.target
         due = reached or server_round in (0, cfg.num_rounds)
         checkpoint = Checkpoint(server_round, state, list(recorder.history), strategy_state)
@@ -138,8 +141,11 @@ def run_server(
         with suppress(Exception):  # the failure that stopped the run is the one to report
             evaluations.finish()
             checkpoints.stop()
+        with suppress(Exception):
+            tracker.close()
         raise
     evaluations.finish()
+    tracker.close()
     recorder.document["ray_nodes"] = sorted(sampling.ray_nodes)
     recorder.finish()
     print(summary_line(recorder.document, recorder.path), flush=True)

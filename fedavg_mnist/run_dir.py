@@ -21,7 +21,8 @@ from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """Return `path`, or its nearest parent that exists: the folder a new one would be made in."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -105,7 +106,7 @@ def check_output_dir(output_dir: Path, resume: bool = False) -> None:
         raise UserError(
             f"{results} already exists: choose another output directory (or resume=true)"
         )
-    existing = _nearest_existing(output_dir)
+    existing = nearest_existing(output_dir)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"output directory {output_dir} is not writable: {existing} is not")
 

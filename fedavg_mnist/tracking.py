@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from fedavg_mnist.config import RunConfig, flatten
 from fedavg_mnist.errors import UserError
+from fedavg_mnist.run_dir import nearest_existing
 
 NO_TRACKING = "none"
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> module it needs
@@ -53,9 +54,7 @@ def check_tracking(config: RunConfig) -> None:
     if config.tracking == NO_TRACKING:
         return
     folder = log_dir(config).resolve()
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise UserError(f"tracking folder {folder} cannot be made: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):

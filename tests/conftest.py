@@ -101,6 +101,22 @@ def tiny_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [*settings, f"dataset.root={root}", f"hydra.run.dir={run_dir}", *extra]
 
 
+def run_parallel_sweep(
+    root: Path, sweep_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Sweep the tiny run (`-m`, points in `extra`) with two points at once (joblib)."""
+    settings = [a for a in tiny_overrides(root, sweep_dir) if not a.startswith("hydra.run")]
+    return run_cli(
+        "-m",
+        *settings,
+        *extra,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        env=env,
+    )
+
+
 @pytest.fixture
 def flower_task_identity() -> Iterator[None]:
     """Messages need the identity Flower's runtime sets in each process."""

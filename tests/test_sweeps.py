@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_overrides
+from conftest import run_cli, run_parallel_sweep
 
 from fedavg_mnist import main
 from fedavg_mnist.errors import UserError
@@ -74,15 +74,7 @@ def test_choice_sweep_runs_its_points_side_by_side_with_joblib(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "sweep"
-    args = [a for a in tiny_overrides(synthetic_root, tmp_path / "unused") if "hydra.run" not in a]
-    result = run_cli(
-        "-m",
-        *args,
-        "partition=choice(iid,pathological)",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}",
-    )
+    result = run_parallel_sweep(synthetic_root, sweep, "partition=choice(iid,pathological)")
     assert result.returncode == 0, result.stderr
     points = sorted(sweep.glob("*/results.json"))
     partitions = {json.loads(p.read_text())["config"]["partition"] for p in points}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import wandb_log
-from conftest import PROJECT_ROOT, finished_history, run_cli, tiny_overrides
+from conftest import PROJECT_ROOT, finished_history, run_cli, run_parallel_sweep, tiny_overrides
 
 from fedavg_mnist.config import parse
 from fedavg_mnist.errors import UserError
@@ -75,16 +75,12 @@ def test_wandb_offline_sweep_groups_its_points_and_a_resume_continues_the_run(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "sweep"
-    args = [a for a in tiny_overrides(synthetic_root, tmp_path / "unused") if "hydra.run" not in a]
-    result = run_cli(
-        "-m",
-        *args,
+    result = run_parallel_sweep(
+        synthetic_root,
+        sweep,
         "seed=0,1",
         "tracking=wandb",
         "wandb_mode=offline",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}",
         env={"WANDB_API_KEY": "", "WANDB_BASE_URL": "http://127.0.0.1:9"},  # no network
     )
     assert result.returncode == 0, result.stderr
@@ -105,9 +101,10 @@ def test_wandb_offline_sweep_groups_its_points_and_a_resume_continues_the_run(
 
     point = sweep / "0"
     resumed = run_cli(
-        *args, f"hydra.run.dir={point}", "seed=0", "tracking=wandb", "wandb_mode=offline",
-        "num_rounds=3", "resume=true",
-    )  # fmt: skip
+        *tiny_overrides(synthetic_root, point, "seed=0", "tracking=wandb", "wandb_mode=offline"),
+        "num_rounds=3",
+        "resume=true",
+    )
     assert resumed.returncode == 0, resumed.stderr
     document = json.loads((point / "results.json").read_text())
     folders = sorted((point / "wandb").glob("offline-run-*"))

@@ -10,13 +10,18 @@
 # MNIST from .mnist/*.xz (both prepared beside the repo, not committed), unless
 # PREPARED=1 says they are in place (FEDAVG_MNIST_DATA set, packages importable).
 # OUT_DIR receives lease.log, gpu_round.json, results.tgz (the cells' run directories
-# without checkpoints) and ckpt<N>.tgz (the checkpoint of each cell left unfinished).
+# without checkpoints) and ckpt<N>.tgz (the checkpoints of the cells left unfinished, two a
+# file, as many as the 8 files a lease brings back allow).
+# Optional steps: ROUND_BENCH=0 skips the round benchmark; COHORT=<file> runs that cohort
+# benchmark (`cnn 10 10`); HEADLINE=1 times the headline CNN run (IID, C=0.1, E=5, B=10,
+# stopping at 99%) from launch to exit, alone on the machine, into docs/runs/h200_headline/.
 set -u
 out=${1:?usage: gpu_lease.sh OUT_DIR SECONDS [CELL_PATTERN...]}
 budget=${2:?usage: gpu_lease.sh OUT_DIR SECONDS [CELL_PATTERN...]}
 shift 2
 py=${PY:-python3}
 jobs=${JOBS:-4}
+queue=${QUEUE:-conf/campaign/cnn.yaml}
 start=$(date +%s)
 left() { echo $((budget - ($(date +%s) - start))); }
 mkdir -p "$out"
@@ -37,25 +42,59 @@ $py -c "import torch, flwr, ray; print('torch', torch.__version__, 'flwr', flwr.
 echo "== CUDA graphs against eager training, $(left) s left"
 timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_local_training.py
 
-echo "== where a round's time goes, $(left) s left"
-timeout 150 $py -m benchmarks.gpu_round --out "$out/gpu_round.json"
+if [ "${ROUND_BENCH:-1}" != 0 ]; then
+    echo "== where a round's time goes, $(left) s left"
+    timeout 150 $py -m benchmarks.gpu_round --out "$out/gpu_round.json"
+fi
+
+if [ -n "${COHORT:-}" ]; then
+    echo "== the cohort benchmark, $(left) s left"
+    timeout 120 $py "$COHORT" cnn 10 10
+fi
+
+extra=()
+if [ "${HEADLINE:-0}" = 1 ]; then
+    echo "== the headline CNN run, launch to exit, $(left) s left"
+    headline=docs/runs/h200_headline
+    rm -rf "$headline"
+    launched=$(date +%s.%N)
+    # shellcheck disable=SC2086  # HEADLINE_ARGS: more overrides, word by word
+    timeout 240 $py -m fedavg_mnist.main stop_at_target=true "hydra.run.dir=$headline" ${HEADLINE_ARGS:-}
+    code=$?
+    exited=$(date +%s.%N)
+    seconds=$($py -c "print(round($exited - $launched, 2))")
+    echo "headline run: exit $code, $seconds s from launch to exit"
+    mkdir -p "$headline"
+    printf '{"exit_status": %s, "launch_to_exit_s": %s}\n' "$code" "$seconds" \
+        >"$headline/launch_to_exit.json"
+    extra=(h200_headline)
+fi
 
 echo "== the queue, $jobs cells at once, $(left) s left"
 if [ $# -gt 0 ]; then cells=(--cells "$@"); else cells=(); fi
-timeout $(($(left) - 15)) $py -m fedavg_mnist.ops.campaign run conf/campaign/cnn.yaml \
+timeout $(($(left) - 15)) $py -m fedavg_mnist.ops.campaign run "$queue" \
     --jobs "$jobs" --keep-going --time-limit $(($(left) - 45)) "${cells[@]}"
-$py -m fedavg_mnist.ops.campaign status conf/campaign/cnn.yaml
+$py -m fedavg_mnist.ops.campaign status "$queue"
 
 echo "== packing, $(left) s left"
 cd docs/runs || exit 1
 mapfile -t dirs < <(find table1_cnn table2_cnn -name results.json -newer "$marker" -printf '%h\n')
-tar czf "$out/results.tgz" --exclude=checkpoint.pt --exclude=partitions.npz "${dirs[@]}" STATUS.md
-n=0
-for dir in "${dirs[@]}"; do
-    if [ -f "$dir/checkpoint.pt" ] && [ $n -lt 5 ]; then # at most 8 files come back
-        tar czf "$out/ckpt$n.tgz" "$dir/checkpoint.pt"
-        n=$((n + 1))
-    fi
+tar czf "$out/results.tgz" --exclude=checkpoint.pt --exclude=partitions.npz "${dirs[@]}" \
+    "${extra[@]}" STATUS.md
+# the unfinished cells' checkpoints, the one with the most rounds first
+mapfile -t ckpts < <($py -c '
+import json, pathlib, sys
+dirs = [pathlib.Path(d) for d in sys.argv[1:] if pathlib.Path(d, "checkpoint.pt").is_file()]
+rounds = lambda d: json.loads((d / "results.json").read_text()).get("completed_rounds", 0)
+print("\n".join(str(d / "checkpoint.pt") for d in sorted(dirs, key=rounds, reverse=True)))
+' "${dirs[@]}")
+# at most 8 files and 64 MiB come back, 16 MiB a file: two checkpoints (about 6 MiB each)
+# a file, while the whole stays under 52 MiB
+files=$(find "$out" -maxdepth 1 -type f | wc -l)
+for ((i = 0, n = 0; i < ${#ckpts[@]} && files + n < 8; i += 2, n++)); do
+    [ "$(du -sb "$out" | cut -f1)" -lt $((52 << 20)) ] || break
+    tar czf "$out/ckpt$n.tgz" "${ckpts[@]:i:2}"
 done
+if [ $i -lt ${#ckpts[@]} ]; then echo "checkpoints left behind: ${ckpts[*]:i}"; fi
 ls -la "$out"
 echo "done in $(($(date +%s) - start)) s"

@@ -1,5 +1,6 @@
 """A real SuperLink and SuperNodes on loopback, with TLS and SuperNode authentication."""
 
+import json
 import os
 import re
 import signal
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, TinyRun, finished_history
+from conftest import PROJECT_ROOT, TinyRun, finished_history, run_cli, tiny_overrides
 from flower import free_port, kill_sessions, processes_in_sessions, sessions_of
 
 from fedavg_mnist.ops.certificates import make_supernode_key
@@ -22,7 +23,14 @@ TINY_RUN_CONFIG = (
 )
 
 
-def _deploy(data_root: Path, output_dir: Path, rounds: int) -> subprocess.Popen[str]:
+# a strategy other than the default, whose setting the ClientApp must receive (FedProx's μ
+# changes the clients' local loss): the deployment carries it as the simulation does
+FEDPROX = ("strategy.name='fedprox'", "strategy.proximal_mu=0.5")
+
+
+def _deploy(
+    data_root: Path, output_dir: Path, rounds: int, *run_config: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -31,7 +39,7 @@ def _deploy(data_root: Path, output_dir: Path, rounds: int) -> subprocess.Popen[
             "--supernodes",
             "4",
             "--run-config",
-            TINY_RUN_CONFIG.format(rounds=rounds),
+            " ".join([TINY_RUN_CONFIG.format(rounds=rounds), *run_config]),
             "--data-root",
             str(data_root),
             "--output-dir",
@@ -70,7 +78,7 @@ def test_deployment_gives_the_simulations_history_and_lets_only_its_supernodes_i
     tiny_run: TinyRun, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     deployed = tmp_path / "deployed"
-    process = _deploy(tiny_run.data_root, deployed, rounds=2)
+    process = _deploy(tiny_run.data_root, deployed, 2, *FEDPROX)
     request.addfinalizer(lambda: _stop(process))
     seen: list[str] = []
     port = int(_read_until(process, r"SuperLink on 127.0.0.1:(\d+), TLS", seen).group(1))
@@ -97,7 +105,17 @@ def test_deployment_gives_the_simulations_history_and_lets_only_its_supernodes_i
     output = "".join(seen) + process.communicate(timeout=900)[0]
     assert process.returncode == 0, output
     assert f"results: {deployed / 'results.json'}" in output
-    assert finished_history(deployed) == finished_history(tiny_run.run_dir)  # the simulation's
+    simulated = tmp_path / "simulated"
+    overrides = [o.replace("'", "") for o in FEDPROX]
+    result = run_cli(*tiny_overrides(tiny_run.data_root, simulated), *overrides)
+    assert result.returncode == 0, result.stderr
+    assert finished_history(deployed) == finished_history(simulated)  # the simulation's
+    assert finished_history(simulated) != finished_history(tiny_run.run_dir)  # μ counted
+    assert json.loads((deployed / "results.json").read_text())["config"]["strategy"] == {
+        **json.loads((tiny_run.run_dir / "results.json").read_text())["config"]["strategy"],
+        "name": "fedprox",
+        "proximal_mu": 0.5,
+    }
     assert not _left_behind(port)
     assert not list((deployed / "deployment").glob("supernode_*[!b]"))  # private keys deleted
 

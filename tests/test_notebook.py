@@ -28,7 +28,8 @@ def test_plots_notebook_runs_on_saved_results(tiny_run: TinyRun, monkeypatch) ->
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "1 runs under" in text
     assert "2NN IID C=0.5 E=1 B=10" in text
+    assert "4 clients, " in text  # the tiny run's partition, counted from its labels
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2
+    assert len(images) == 3  # curves, raw curves, the label counts
     tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert tables and "### Other configurations" in tables[0]

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,22 +33,30 @@ def label_counts(config: RunConfig) -> np.ndarray:
     return np.stack([np.bincount(labels[part], minlength=NUM_LABELS) for part in parts])
 
 
+def figure_size(counts: np.ndarray) -> tuple[float, float]:
+    """Width and height in inches: taller with more clients, within a page."""
+    return 7.0, min(max(3.0, 0.09 * counts.shape[0] + 1.5), 14.0)
+
+
+def plot_label_counts(ax: Any, counts: np.ndarray, title: str) -> None:
+    """Draw `counts` on `ax` as a heat map, clients down, labels across, with a colour bar."""
+    image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(NUM_LABELS))
+    ax.set_xlabel("label (digit)")
+    ax.set_ylabel(f"client (partition ID, K={counts.shape[0]})")
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(image, ax=ax, label="training examples")
+
+
 def draw_label_counts(counts: np.ndarray, title: str, paths: Sequence[Path]) -> None:
-    """Draw `counts` as a heat map, clients down, labels across; save it to each path."""
+    """Draw `counts` as a heat map (`plot_label_counts`) and save it to each path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    num_clients = counts.shape[0]
-    height = min(max(3.0, 0.09 * num_clients + 1.5), 14.0)
-    fig, ax = plt.subplots(figsize=(7.0, height))
-    image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_xticks(range(NUM_LABELS))
-    ax.set_xlabel("label (digit)")
-    ax.set_ylabel(f"client (partition ID, K={num_clients})")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="training examples")
+    fig, ax = plt.subplots(figsize=figure_size(counts))
+    plot_label_counts(ax, counts, title)
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=150)

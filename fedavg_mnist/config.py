@@ -122,6 +122,7 @@ class DifferentialPrivacyConfig:
     enabled: bool = False
     noise_multiplier: float = 1.0
     clipping_norm: float = 10.0
+    delta: float = 1e-5  # the δ at which results.json reports ε (`fedavg_mnist.privacy`)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ RESULT_SETTINGS = (
     "model.name",
     "model.init",
     *(f"strategy.{name}" for name in StrategyConfig.__dataclass_fields__),
-    *(f"dp.{name}" for name in DifferentialPrivacyConfig.__dataclass_fields__),
+    *(f"dp.{name}" for name in DifferentialPrivacyConfig.__dataclass_fields__ if name != "delta"),
     "partition",
     "partition_alpha",
     "partition_classes",
@@ -316,6 +317,7 @@ def _checks(config: RunConfig) -> list[tuple[str, bool, str]]:
         *_strategy_checks(config.strategy),
         ("dp.noise_multiplier", config.dp.noise_multiplier >= 0, ">= 0"),
         ("dp.clipping_norm", config.dp.clipping_norm > 0, "> 0"),
+        ("dp.delta", 0 < config.dp.delta < 1, "in (0, 1)"),
         ("model.name", config.model.name in MODELS, f"one of {', '.join(MODELS)}"),
         ("model.init", config.model.init in INITS, f"one of {', '.join(INITS)}"),
         ("partition", config.partition in PARTITIONS, f"one of {', '.join(PARTITIONS)}"),

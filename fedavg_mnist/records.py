@@ -87,11 +87,15 @@ def summary_line(results: dict[str, Any], path: Path) -> str:
     to_target = "not reached"
     if first is not None:
         to_target = f"first reached in round {first}, best-so-far crossing at {crossing:.1f}"
+    privacy = ""
+    if (spent := results.get("privacy")) is not None:
+        epsilon = "∞" if spent["epsilon"] is None else f"{spent['epsilon']:.3g}"
+        privacy = f"(ε={epsilon}, δ={spent['delta']:g})-DP per client; "
     return (
         f"best accuracy {results['best_accuracy']:.4f} (round {results['best_round']}); "
         f"target {results['target_accuracy']:.2%}: {to_target}; "
         f"{results['completed_rounds']} rounds in {results['wall_seconds']:.1f}s; "
-        f"results: {path}"
+        f"{privacy}results: {path}"
     )
 
 
@@ -115,6 +119,8 @@ class RunRecorder:
         self.path = self.output_dir / RESULTS_FILE
         self.rounds_path = self.output_dir / ROUNDS_FILE
         self.target = config.target
+        self.dp = config.dp if config.dp.enabled else None
+        self.num_sampled, self.num_clients = config.num_sampled_clients, config.num_clients
         self.history: list[dict[str, Any]] = list(restored)
         self.progress = Progress(config.num_rounds)
         self.document: dict[str, Any] = {
@@ -177,6 +183,12 @@ class RunRecorder:
         self.document.update(summarize(self.history, self.target))
         self.document["completed_rounds"] = max((r["round"] for r in self.history), default=0)
         self.document["wall_seconds"] = sum(r["seconds"] for r in self.history)
+        if self.dp is not None:
+            from fedavg_mnist.privacy import privacy_record
+
+            self.document["privacy"] = privacy_record(
+                self.dp, self.num_sampled, self.num_clients, self.document["completed_rounds"]
+            )
         write_json_atomic(self.path, self.document)
         self._last_save = time.perf_counter()
 

@@ -1,6 +1,7 @@
 """Flower's strategies by config, on the paper's protocol: paired, checked, recorded."""
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,10 +14,19 @@ from flwr.serverapp import strategy as flower_strategies
 from test_server_app import InProcessGrid
 
 from fedavg_mnist.client_app import train
-from fedavg_mnist.config import STRATEGY_NAMES, STRATEGY_SETTINGS, RunConfig, StrategyConfig, parse
+from fedavg_mnist.config import (
+    STRATEGY_NAMES,
+    STRATEGY_SETTINGS,
+    DifferentialPrivacyConfig,
+    RunConfig,
+    StrategyConfig,
+    parse,
+)
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.local_training import train_local
 from fedavg_mnist.models import build_model
+from fedavg_mnist.privacy import RDP_ORDERS, epsilon, privacy_record
+from fedavg_mnist.records import summary_line
 from fedavg_mnist.run_dir import result_settings
 from fedavg_mnist.server_app import prepare_run, run_server
 from fedavg_mnist.strategy import FLOWER_ARGUMENT, STRATEGIES, make_strategy
@@ -192,13 +202,42 @@ def test_central_dp_wraps_any_strategy_reproducibly_and_resumes(base, tmp_path: 
         "enabled": True,
         "noise_multiplier": 0.5,
         "clipping_norm": 1.0,
+        "delta": 1e-5,
     }
+    # (ε, δ) after the rounds run, counted again when a resumed run goes on
+    spent = document["privacy"]
+    assert spent["rounds"] == 3 and spent["delta"] == 1e-5 and spent["sampling_rate"] == 0.5
+    assert spent["epsilon"] == epsilon(0.5, 0.5, 3, 1e-5) > 0
+    stopped_spent = json.loads((tmp_path / "c" / "results.json").read_text())["privacy"]
+    assert stopped_spent == spent  # the resumed run's, after its 3 rounds
+    assert "privacy" not in json.loads((tmp_path / "plain" / "results.json").read_text())
+    line = summary_line(document, tmp_path / "a" / "results.json")
+    assert f"(ε={spent['epsilon']:.3g}, δ=1e-05)-DP per client; results: " in line
     assert parse(settings).strategy_label == (
         "fedavgm(server_learning_rate=1.0, server_momentum=0.5)"
         "+dp(noise_multiplier=0.5, clipping_norm=1.0)"
     )
     with pytest.raises(UserError, match="dp.clipping_norm must be > 0, got 0"):
         parse({"dp.clipping_norm": 0})
+    with pytest.raises(UserError, match=r"dp.delta must be in \(0, 1\), got 1.0"):
+        parse({"dp.delta": 1.0})
+
+
+def test_epsilon_grows_with_rounds_and_sampling_and_shrinks_with_noise() -> None:
+    """Opacus's RDP accountant as `privacy.epsilon` calls it: more rounds or a larger
+    sample spend more, more noise less, no round nothing; with every client sampled
+    (q = 1) it is no worse than the Gaussian mechanism's classic RDP bound
+    min over α of T·α/(2σ²) + log(1/δ)/(α − 1)."""
+    base = epsilon(1.0, 0.1, 100, 1e-5)
+    assert epsilon(1.0, 0.1, 0, 1e-5) == 0.0
+    assert epsilon(1.0, 0.1, 50, 1e-5) < base < epsilon(1.0, 0.1, 200, 1e-5)
+    assert epsilon(2.0, 0.1, 100, 1e-5) < base < epsilon(1.0, 0.2, 100, 1e-5)
+    assert epsilon(1.0, 0.1, 100, 1e-3) < base
+    sigma, rounds, delta = 4.0, 10, 1e-5
+    classic = min(rounds * a / (2 * sigma**2) + math.log(1 / delta) / (a - 1) for a in RDP_ORDERS)
+    assert 0.5 * classic < epsilon(sigma, 1.0, rounds, delta) <= classic
+    no_noise = privacy_record(DifferentialPrivacyConfig(True, 0.0, 1.0), 10, 100, 5)
+    assert no_noise["epsilon"] is None and no_noise["sampling_rate"] == 0.1
 
 
 @pytest.mark.parametrize("settings", [SETTINGS["fedadam"] | {"strategy.name": "fedadam"}])

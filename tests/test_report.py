@@ -329,7 +329,14 @@ def test_figure_2_of_one_partition_has_one_panel(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fedavg_mnist.analysis.report", "fedavg_mnist.analysis.plot"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fedavg_mnist.analysis.report",
+        "fedavg_mnist.analysis.plot",
+        "fedavg_mnist.analysis.comparison",
+    ],
+)
 def test_commands_fail_in_one_line(name: str, tmp_path: Path) -> None:
     for args, pattern in (
         ([str(tmp_path / "absent")], "no such file or directory"),
@@ -428,3 +435,60 @@ def test_seeds_are_drawn_as_a_mean_curve_with_a_band(tmp_path: Path) -> None:
     assert "(3 seeds: mean, band min–max, to round 2)" in str(mean.get_label())
     assert np.asarray(mean.get_ydata()).tolist() == pytest.approx([0.6, (0.9 + 0.8 + 0.95) / 3])
     assert len(ax.collections) == 1  # the band
+
+
+def test_strategies_compare_by_partition_over_seeds(tmp_path: Path) -> None:
+    """Two strategies on two partitions, two seeds each: the report's comparison gives each
+    (strategy, partition) its mean ± std of rounds to target over the seeds that reached it,
+    a strategy no seed of which reached it its best accuracy; the command draws the bars."""
+    from fedavg_mnist.analysis import comparison
+
+    runs = tmp_path / "runs"
+    fedprox = {"name": "fedprox", "proximal_mu": 0.1}
+    crossings = {  # (strategy, partition, seed): round at which 97% is reached
+        ("fedavg", NON_IID, 0): 100,
+        ("fedavg", NON_IID, 1): 120,
+        ("fedavg", IID, 0): 30,
+        ("fedavg", IID, 1): 34,
+        ("fedprox", NON_IID, 0): 90,
+        ("fedprox", NON_IID, 1): 96,
+    }
+    for (name, partition, seed), at in crossings.items():
+        fake_run(
+            runs / f"{name}_{partition}_{seed}",
+            [0.1] * at + [0.97],
+            partition=partition,
+            strategy=fedprox if name == "fedprox" else None,
+            seed=seed,
+        )
+    for seed in (0, 1):  # FedProx on IID: capped below the target, one seed stopped early
+        fake_run(
+            runs / f"fedprox_iid_{seed}",
+            [0.1, 0.9 + seed / 100],
+            partition=IID,
+            strategy=fedprox,
+            seed=seed,
+            num_rounds=None if seed == 0 else 50,
+            finished=seed == 0,
+        )
+    md_path, _ = write_report(load_runs([runs]), tmp_path / "report")
+    section = md_path.read_text().split("### Strategies: rounds to target by partition")[1]
+    rows = {
+        cells[0]: cells[1:]
+        for line in section.splitlines()
+        if line.startswith("| fed")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    assert "| strategy | iid | pathological |" in section
+    assert rows["fedavg"] == ["32.0 ± 2.8 (2/2)", "110.0 ± 14.1 (2/2)"]
+    assert rows["fedprox(proximal_mu=0.1)"] == [
+        "— (0/2, 1 unfinished; best 91.00%)",
+        "93.0 ± 4.2 (2/2)",
+    ]
+
+    out = tmp_path / "figures" / "strategies"
+    assert comparison.main([str(runs), "--out", str(out)]) == 0
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+    only_fedavg = [p for p in runs.iterdir() if p.name.startswith("fedavg")]
+    assert comparison.main([str(p) for p in only_fedavg]) == 2

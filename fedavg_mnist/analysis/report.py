@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedavg_mnist.analysis.comparison import comparison_groups, comparison_markdown
 from fedavg_mnist.analysis.paper import PARTITION_NAMES, TABLES, batch_label
 from fedavg_mnist.analysis.saved_runs import (
     REACHED,
@@ -111,6 +112,9 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[dict[str, Any]]]:
             if cell.paper_rounds is not None
         }
         sections.append(seeds_markdown(groups, paper))
+    comparison = comparison_markdown(comparison_groups(seed_groups(runs, min_seeds=1)))
+    if comparison:
+        sections.append(comparison)
     if shown:
         sections.append(run_cells_markdown(shown))
     legend = (

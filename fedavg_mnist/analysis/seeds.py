@@ -73,15 +73,15 @@ class SeedGroup:
         return [run.final_accuracy for run in self.runs if run.final_accuracy is not None]
 
 
-def seed_groups(runs: Iterable[Run]) -> list[SeedGroup]:
-    """Group runs by (setting, learning rate); keep the groups of two seeds or more."""
+def seed_groups(runs: Iterable[Run], min_seeds: int = 2) -> list[SeedGroup]:
+    """Group runs by (setting, learning rate); keep the groups of `min_seeds` seeds or more."""
     groups: dict[tuple[Setting, float], dict[int, Run]] = {}
     for run in runs:
         groups.setdefault((run.setting, run.lr), {})[run.seed] = run
     return [
         SeedGroup(setting, lr, tuple(by_seed[seed] for seed in sorted(by_seed)))
         for (setting, lr), by_seed in sorted(groups.items(), key=lambda item: repr(item[0]))
-        if len(by_seed) >= 2
+        if len(by_seed) >= min_seeds
     ]
 
 

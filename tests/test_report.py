@@ -490,5 +490,7 @@ def test_strategies_compare_by_partition_over_seeds(tmp_path: Path) -> None:
     assert comparison.main([str(runs), "--out", str(out)]) == 0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+    seed_0 = [str(p) for p in runs.iterdir() if p.name.endswith("_0")]  # one seed a group
+    assert comparison.main([*seed_0, "--out", str(out)]) == 0
     only_fedavg = [p for p in runs.iterdir() if p.name.startswith("fedavg")]
     assert comparison.main([str(p) for p in only_fedavg]) == 2

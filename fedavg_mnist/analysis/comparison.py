@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("strategies"), help="path, no suffix")
     args = parser.parse_args(argv)
     try:
-        groups = comparison_groups(seed_groups(load_runs(args.paths)))
+        groups = comparison_groups(seed_groups(load_runs(args.paths), min_seeds=1))
         if not groups:
             raise UserError("no comparison: the runs hold fewer than two strategies")
         paths = [args.out.with_name(f"{args.out.name}.{suffix}") for suffix in ("png", "pdf")]

@@ -473,9 +473,10 @@ def test_strategies_compare_by_partition_over_seeds(tmp_path: Path) -> None:
         )
     md_path, _ = write_report(load_runs([runs]), tmp_path / "report")
     section = md_path.read_text().split("### Strategies: rounds to target by partition")[1]
+    rounds_table, wall_table = section.split("Wall time of one run")
     rows = {
         cells[0]: cells[1:]
-        for line in section.splitlines()
+        for line in rounds_table.splitlines()
         if line.startswith("| fed")
         for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
     }
@@ -485,6 +486,7 @@ def test_strategies_compare_by_partition_over_seeds(tmp_path: Path) -> None:
         "— (0/2, 1 unfinished; best 91.00%)",
         "93.0 ± 4.2 (2/2)",
     ]
+    assert "| fedavg | 0.2 | 0.2 |" in wall_table  # each fake run's 12.5 s, in minutes
 
     out = tmp_path / "figures" / "strategies"
     assert comparison.main([str(runs), "--out", str(out)]) == 0

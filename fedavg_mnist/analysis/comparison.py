@@ -91,7 +91,24 @@ def comparison_markdown(groups: Sequence[SeedGroup]) -> str:
     for strategy in strategies:
         cells = [cell_text(by_cell.get((strategy, partition))) for partition in partitions]
         lines.append(md_row([strategy, *cells]))
+    lines += [
+        "",
+        "Wall time of one run (mean over its seeds, minutes; each run stops at the target):",
+        "",
+        md_row(["strategy", *partitions]),
+        md_row(["---"] * (len(partitions) + 1)),
+    ]
+    for strategy in strategies:
+        cells = [wall_text(by_cell.get((strategy, partition))) for partition in partitions]
+        lines.append(md_row([strategy, *cells]))
     return "\n".join(lines) + "\n"
+
+
+def wall_text(group: SeedGroup | None) -> str:
+    """Mean wall time of the group's runs, in minutes."""
+    if group is None:
+        return ""
+    return f"{statistics.fmean(run.wall_seconds for run in group.runs) / 60:.1f}"
 
 
 def draw_comparison(groups: Sequence[SeedGroup], paths: Sequence[Path]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedavg_mnist.analysis.figures import run_label
+from fedavg_mnist.analysis.figures import figure_paths, run_label, save_figure
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import load_results
 
@@ -27,15 +27,13 @@ def client_losses(document: dict[str, Any]) -> list[tuple[int, list[dict[str, An
 
 def draw_client_losses(document: dict[str, Any], paths: Sequence[Path]) -> None:
     """Draw the run's client losses per round; save the figure to each path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rounds = client_losses(document)
     if not rounds:
         raise UserError("the run recorded no client metrics (runs before this version did not)")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     xs = [r for r, clients in rounds for _ in clients]
     ax.scatter(xs, [c["train_loss"] for _, cs in rounds for c in cs], s=6, alpha=0.5,
                label="a client's mean local loss (all E epochs)")  # fmt: skip
@@ -52,10 +50,7 @@ def draw_client_losses(document: dict[str, Any], paths: Sequence[Path]) -> None:
     ax.set_ylabel("local training loss (cross-entropy)")
     ax.set_title(f"Clients' local training loss per round: {run_label(document)}", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save_figure(fig, paths)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = args.run if args.run.is_dir() else args.run.parent
     stem = args.out or run_dir / "client_losses"
-    paths = [stem.with_name(f"{stem.name}.{suffix}") for suffix in ("png", "pdf")]
+    paths = figure_paths(stem)
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
         draw_client_losses(load_results(args.run), paths)

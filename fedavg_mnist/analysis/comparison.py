@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from fedavg_mnist.analysis.figures import figure_paths, save_figure
 from fedavg_mnist.analysis.saved_runs import Setting, load_runs
 from fedavg_mnist.analysis.seeds import SeedGroup, seed_groups
 from fedavg_mnist.analysis.tables import md_row
@@ -118,16 +119,15 @@ def draw_comparison(groups: Sequence[SeedGroup], paths: Sequence[Path]) -> None:
     hatched bar at the round cap marks a strategy none of whose seeds reached it.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     strategies = _in_order(group.setting.strategy for group in groups)
     partitions = _in_order(group.setting.partition for group in groups)
     by_cell = {(g.setting.strategy, g.setting.partition): g for g in groups}
     width = 0.8 / len(strategies)
     palette = matplotlib.colormaps["tab10"]
-    fig, ax = plt.subplots(figsize=(max(7.0, 2.6 * len(partitions)), 4.5))
+    fig = Figure(figsize=(max(7.0, 2.6 * len(partitions)), 4.5))
+    ax = fig.subplots()
     for index, strategy in enumerate(strategies):
         for column, partition in enumerate(partitions):
             group = by_cell.get((strategy, partition))
@@ -155,10 +155,7 @@ def draw_comparison(groups: Sequence[SeedGroup], paths: Sequence[Path]) -> None:
         fontsize=9,
     )
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save_figure(fig, paths)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         groups = comparison_groups(seed_groups(load_runs(args.paths), min_seeds=1))
         if not groups:
             raise UserError("no comparison: the runs hold fewer than two strategies")
-        paths = [args.out.with_name(f"{args.out.name}.{suffix}") for suffix in ("png", "pdf")]
+        paths = figure_paths(args.out)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         draw_comparison(groups, paths)
     except (UserError, OSError) as err:

@@ -12,6 +12,21 @@ from fedavg_mnist.rounds_to_target import best_so_far
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FIGURE_FORMATS = ("png", "pdf")  # each figure command writes both
+
+
+def figure_paths(stem: Path) -> list[Path]:
+    """Return where a command saves its figure: `stem` with each of `FIGURE_FORMATS`."""
+    return [stem.with_name(f"{stem.name}.{suffix}") for suffix in FIGURE_FORMATS]
+
+
+def save_figure(fig: "Figure", paths: Sequence[Path], dpi: int = 150) -> None:
+    """Lay `fig` out and save it to each path (the suffix picks the format)."""
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=dpi)
 
 
 def partition_name(document: dict[str, Any]) -> str:
@@ -189,9 +204,7 @@ def plot_accuracy(
         fig = Figure(figsize=(7.5, 5.5))
         draw_accuracy(fig.subplots(), documents, log_x=log_x, colours=colours)
     fig.suptitle(figure_title(every), fontsize=10)
-    fig.tight_layout()
     try:
-        for path in [paths] if isinstance(paths, Path) else paths:
-            fig.savefig(path, dpi=120)
+        save_figure(fig, [paths] if isinstance(paths, Path) else paths, dpi=120)
     except OSError as err:
         raise UserError(f"cannot write the plot: {err.strerror or err}") from err

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedavg_mnist.analysis.figures import figure_paths, save_figure
 from fedavg_mnist.config import RunConfig, partition_label
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.mnist import read_train_labels
@@ -50,17 +51,11 @@ def plot_label_counts(ax: Any, counts: np.ndarray, title: str) -> None:
 
 def draw_label_counts(counts: np.ndarray, title: str, paths: Sequence[Path]) -> None:
     """Draw `counts` as a heat map (`plot_label_counts`) and save it to each path."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=figure_size(counts))
-    plot_label_counts(ax, counts, title)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
+    fig = Figure(figsize=figure_size(counts))
+    plot_label_counts(fig.subplots(), counts, title)
+    save_figure(fig, paths)
 
 
 def figure_title(config: RunConfig, counts: np.ndarray) -> str:
@@ -89,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = compose_run_config(args.overrides)
         counts = label_counts(config)
-        paths = [args.out.with_name(f"{args.out.name}.{suffix}") for suffix in ("png", "pdf")]
+        paths = figure_paths(args.out)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         draw_label_counts(counts, figure_title(config, counts), paths)
     except (UserError, OSError) as err:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedavg_mnist.analysis.figures import partition_name, plot_accuracy
+from fedavg_mnist.analysis.figures import figure_paths, partition_name, plot_accuracy
 from fedavg_mnist.analysis.saved_runs import best_runs, default_output_dir, find_results, load_runs
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import load_results
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for document in documents:
                 panels.setdefault(partition_name(document), []).append(document)
         stem = args.out or default_output_dir(args.paths) / "accuracy_curves"
-        paths = [stem.with_name(f"{stem.name}.png"), stem.with_name(f"{stem.name}.pdf")]
+        paths = figure_paths(stem)
         stem.parent.mkdir(parents=True, exist_ok=True)
         plot_accuracy(documents, paths, log_x=not args.linear_x, panels=panels)
     except (UserError, OSError) as err:

@@ -7,7 +7,7 @@
 #
 # SECONDS is the whole script's budget; the queue stops in time to pack. The machine needs
 # python3 with a CUDA torch; the other packages come unpacked from .whl/site.tar.xz and
-# MNIST from .mnist/*.xz (both prepared beside the repo, not committed), unless
+# MNIST from .mnist/*.xz (both made by benchmarks/prepare_lease.sh, kept out of git), unless
 # PREPARED=1 says they are in place (FEDAVG_MNIST_DATA set, packages importable).
 # OUT_DIR receives lease.log, gpu_round.json, results.tgz (the cells' run directories
 # without checkpoints) and ckpt<N>.tgz (the checkpoints of the cells left unfinished, two a

@@ -12,7 +12,8 @@
 # OUT_DIR receives lease.log, gpu_round.json, results.tgz (the cells' run directories
 # without checkpoints) and ckpt<N>.tgz (the checkpoints of the cells left unfinished, two a
 # file, as many as the 8 files a lease brings back allow).
-# Optional steps: ROUND_BENCH=0 skips the round benchmark; COHORT=<file> runs that cohort
+# Optional steps: CHECK=0 skips the CUDA-graph check (a second call on a warm machine);
+# ROUND_BENCH=0 skips the round benchmark; COHORT=<file> runs that cohort
 # benchmark (`cnn 10 10`); HEADLINE=1 times the headline CNN run (IID, C=0.1, E=5, B=10,
 # stopping at 99%) from launch to exit, alone on the machine, into docs/runs/h200_headline/.
 set -u
@@ -39,8 +40,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "cores: $(nproc)"
 $py -c "import torch, flwr, ray; print('torch', torch.__version__, 'flwr', flwr.__version__, 'ray', ray.__version__)"
 
-echo "== CUDA graphs against eager training, $(left) s left"
-timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_local_training.py
+if [ "${CHECK:-1}" != 0 ]; then
+    echo "== CUDA graphs against eager training, $(left) s left"
+    timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_local_training.py
+fi
 
 if [ "${ROUND_BENCH:-1}" != 0 ]; then
     echo "== where a round's time goes, $(left) s left"

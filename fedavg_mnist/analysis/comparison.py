@@ -20,6 +20,7 @@ from fedavg_mnist.analysis.figures import figure_paths, save_figure
 from fedavg_mnist.analysis.saved_runs import Setting, load_runs
 from fedavg_mnist.analysis.seeds import SeedGroup, seed_groups
 from fedavg_mnist.analysis.tables import md_row
+from fedavg_mnist.config import PARTITIONS, STRATEGY_NAMES
 from fedavg_mnist.errors import UserError
 
 
@@ -48,8 +49,23 @@ def _shared(setting: Setting) -> tuple[object, ...]:
     )
 
 
-def _in_order(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
+def _in_order(labels: Iterable[str], names: Sequence[str]) -> list[str]:
+    """Return the distinct labels in the order of their names in `names`, then by settings."""
+
+    def rank(label: str) -> tuple[int, str]:
+        name = label.split("(")[0]
+        return (names.index(name) if name in names else len(names), label)
+
+    return sorted(set(labels), key=rank)
+
+
+def _strategies(groups: Iterable[SeedGroup]) -> list[str]:
+    paper_first = ("fedavg", *sorted(set(STRATEGY_NAMES) - {"fedavg"}))
+    return _in_order((group.setting.strategy for group in groups), paper_first)
+
+
+def _partitions(groups: Iterable[SeedGroup]) -> list[str]:
+    return _in_order((group.setting.partition for group in groups), PARTITIONS)
 
 
 def cell_text(group: SeedGroup | None) -> str:
@@ -72,8 +88,7 @@ def comparison_markdown(groups: Sequence[SeedGroup]) -> str:
     """One row per strategy, one column per partition: rounds to target over seeds."""
     if not groups:
         return ""
-    strategies = _in_order(group.setting.strategy for group in groups)
-    partitions = _in_order(group.setting.partition for group in groups)
+    strategies, partitions = _strategies(groups), _partitions(groups)
     by_cell = {(g.setting.strategy, g.setting.partition): g for g in groups}
     setting = groups[0].setting
     batch = "∞" if setting.batch_size is None else str(setting.batch_size)
@@ -121,8 +136,7 @@ def draw_comparison(groups: Sequence[SeedGroup], paths: Sequence[Path]) -> None:
     import matplotlib
     from matplotlib.figure import Figure
 
-    strategies = _in_order(group.setting.strategy for group in groups)
-    partitions = _in_order(group.setting.partition for group in groups)
+    strategies, partitions = _strategies(groups), _partitions(groups)
     by_cell = {(g.setting.strategy, g.setting.partition): g for g in groups}
     width = 0.8 / len(strategies)
     palette = matplotlib.colormaps["tab10"]

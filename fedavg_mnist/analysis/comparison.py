@@ -140,7 +140,7 @@ def draw_comparison(groups: Sequence[SeedGroup], paths: Sequence[Path]) -> None:
     by_cell = {(g.setting.strategy, g.setting.partition): g for g in groups}
     width = 0.8 / len(strategies)
     palette = matplotlib.colormaps["tab10"]
-    fig = Figure(figsize=(max(7.0, 2.6 * len(partitions)), 4.5))
+    fig = Figure(figsize=(max(7.0, 2.6 * len(partitions)), 6.0))
     ax = fig.subplots()
     for index, strategy in enumerate(strategies):
         for column, partition in enumerate(partitions):
@@ -168,7 +168,7 @@ def draw_comparison(groups: Sequence[SeedGroup], paths: Sequence[Path]) -> None:
         "(bars: 95% interval; hatched: no seed reached it)",
         fontsize=9,
     )
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     save_figure(fig, paths)
 
 

@@ -101,20 +101,34 @@ def tiny_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [*settings, f"dataset.root={root}", f"hydra.run.dir={run_dir}", *extra]
 
 
-def run_parallel_sweep(
-    root: Path, sweep_dir: Path, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Sweep the tiny run (`-m`, points in `extra`) with two points at once (joblib)."""
+@dataclass(frozen=True)
+class ParallelSweep:
+    """A two-point choice sweep of the tiny run, its points side by side (joblib), each
+    tracked by W&B offline; what it printed. Read-only: a test that changes it copies it."""
+
+    data_root: Path
+    sweep_dir: Path
+    result: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def parallel_sweep(tmp_path_factory: pytest.TempPathFactory) -> ParallelSweep:
+    """Made once: a sweep costs two Rays, and the sweep's and the tracker's tests read it."""
+    base = tmp_path_factory.mktemp("sweep")
+    root, sweep_dir = write_synthetic_mnist(base / "data"), base / "sweep"
     settings = [a for a in tiny_overrides(root, sweep_dir) if not a.startswith("hydra.run")]
-    return run_cli(
+    result = run_cli(
         "-m",
         *settings,
-        *extra,
+        "seed=choice(0,1)",
+        "tracking=wandb",
+        "wandb_mode=offline",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={sweep_dir}",
-        env=env,
+        env={"WANDB_API_KEY": "", "WANDB_BASE_URL": "http://127.0.0.1:9"},  # no network
     )
+    return ParallelSweep(root, sweep_dir, result)
 
 
 @pytest.fixture

@@ -25,12 +25,13 @@ from fedavg_mnist.ops.campaign_queue import rounds_logged
 pytestmark = pytest.mark.slow  # starts the CLI in processes, kills one
 
 
-SETTINGS = ["num_rounds=40", "checkpoint_every=3", "client_fraction=0.25"]
+ROUNDS = 24  # a kill after round 8 lands mid-run with rounds to spare
+SETTINGS = [f"num_rounds={ROUNDS}", "checkpoint_every=3", "client_fraction=0.25"]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(data root, run directory) of the 40-round run never stopped."""
+    """(data root, run directory) of the run never stopped."""
     base = tmp_path_factory.mktemp("reference")
     root, run_dir = write_synthetic_mnist(base / "data"), base / "run"
     assert run_cli(*tiny_overrides(root, run_dir, *SETTINGS)).returncode == 0
@@ -59,9 +60,9 @@ def _resumes_to_the_reference(root: Path, run_dir: Path, reference_dir: Path) ->
     resumed = run_cli(*tiny_overrides(root, run_dir, *SETTINGS, "resume=true"))
     assert resumed.returncode == 0, resumed.stderr
     history = finished_history(run_dir)
-    assert [r[0] for r in history] == list(range(41))  # no round lost or repeated
+    assert [r[0] for r in history] == list(range(ROUNDS + 1))  # no round lost or repeated
     assert history == finished_history(reference_dir)
-    assert rounds_logged(run_dir) == 41
+    assert rounds_logged(run_dir) == ROUNDS + 1
     assert json.loads((run_dir / "results.json").read_text())["resumed_after_rounds"]
 
 
@@ -73,7 +74,7 @@ def test_killed_run_resumes_to_the_same_history(
     _wait_for_rounds(process, killed, 8)
     os.killpg(process.pid, signal.SIGKILL)  # the run and its Ray workers, mid-run
     process.wait()
-    assert 8 <= rounds_logged(killed) < 41, "the run was not stopped mid-way"
+    assert 8 <= rounds_logged(killed) < ROUNDS + 1, "the run was not stopped mid-way"
     assert json.loads((killed / "results.json").read_text())["finished"] is False
     _resumes_to_the_reference(root, killed, reference[1])  # the kernel dropped its lock
 
@@ -94,7 +95,7 @@ def test_sigterm_is_ctrl_c_keeps_the_newest_round_and_resumes(
         "error: interrupted (SIGTERM): continue with the same overrides and resume=true"
     ]
     logged = rounds_logged(stopped)
-    assert 8 <= logged < 41
+    assert 8 <= logged < ROUNDS + 1
     checkpoint = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert checkpoint["server_round"] == logged - 1  # the newest round, not the last third
     with pytest.raises(ProcessLookupError):  # Ray and every worker ended with the run
@@ -158,7 +159,7 @@ def test_a_second_run_into_a_run_directory_in_use_is_refused(
     assert (shared / ".hydra" / "config.yaml").read_bytes() == hydra_config  # not rewritten
     assert first.wait(timeout=300) == 0
     assert finished_history(shared) == finished_history(reference[1])
-    assert rounds_logged(shared) == 41  # one run's rounds, each once
+    assert rounds_logged(shared) == ROUNDS + 1  # one run's rounds, each once
     # the directory is free once its run has ended: the next run is told of the results
     after = run_cli(*tiny_overrides(root, shared, *SETTINGS))
     assert after.returncode == 2 and "results.json already exists" in after.stderr

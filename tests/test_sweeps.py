@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_parallel_sweep
+from conftest import ParallelSweep, run_cli
 
 from fedavg_mnist import main
 from fedavg_mnist.errors import UserError
@@ -71,14 +71,12 @@ def _interval(run_dir: Path) -> tuple[datetime, datetime]:
 
 @pytest.mark.slow
 def test_choice_sweep_runs_its_points_side_by_side_with_joblib(
-    synthetic_root: Path, tmp_path: Path
+    parallel_sweep: ParallelSweep,
 ) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_parallel_sweep(synthetic_root, sweep, "partition=choice(iid,pathological)")
-    assert result.returncode == 0, result.stderr
-    points = sorted(sweep.glob("*/results.json"))
-    partitions = {json.loads(p.read_text())["config"]["partition"] for p in points}
-    assert partitions == {"iid", "pathological"}
+    assert parallel_sweep.result.returncode == 0, parallel_sweep.result.stderr
+    points = sorted(parallel_sweep.sweep_dir.glob("*/results.json"))
+    seeds = {json.loads(p.read_text())["config"]["seed"] for p in points}
+    assert seeds == {0, 1}
     (first_start, first_end), (second_start, second_end) = (_interval(p.parent) for p in points)
     assert max(first_start, second_start) < min(first_end, second_end)  # they overlapped
 

@@ -3,6 +3,7 @@ a resumed run continues its tracker run; bad tracker settings end in one line, n
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import wandb_log
-from conftest import PROJECT_ROOT, finished_history, run_cli, run_parallel_sweep, tiny_overrides
+from conftest import PROJECT_ROOT, ParallelSweep, finished_history, run_cli, tiny_overrides
 
 from fedavg_mnist.config import parse
 from fedavg_mnist.errors import UserError
@@ -72,17 +73,9 @@ def test_tensorboard_logs_each_round_once_across_a_kill_and_resume(
 
 @pytest.mark.slow
 def test_wandb_offline_sweep_groups_its_points_and_a_resume_continues_the_run(
-    synthetic_root: Path, tmp_path: Path
+    parallel_sweep: ParallelSweep, tmp_path: Path
 ) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_parallel_sweep(
-        synthetic_root,
-        sweep,
-        "seed=0,1",
-        "tracking=wandb",
-        "wandb_mode=offline",
-        env={"WANDB_API_KEY": "", "WANDB_BASE_URL": "http://127.0.0.1:9"},  # no network
-    )
+    result, sweep = parallel_sweep.result, parallel_sweep.sweep_dir
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("upload it with: wandb sync ") == 2
     group = "/".join(sweep.parts[-2:])
@@ -99,9 +92,12 @@ def test_wandb_offline_sweep_groups_its_points_and_a_resume_continues_the_run(
         run_ids.add(record.run_id)
     assert len(run_ids) == 2  # one W&B run per experiment run
 
-    point = sweep / "0"
+    point = tmp_path / "0"  # the shared sweep is read-only: its point resumes in a copy
+    shutil.copytree(sweep / "0", point)
     resumed = run_cli(
-        *tiny_overrides(synthetic_root, point, "seed=0", "tracking=wandb", "wandb_mode=offline"),
+        *tiny_overrides(
+            parallel_sweep.data_root, point, "seed=0", "tracking=wandb", "wandb_mode=offline"
+        ),
         "num_rounds=3",
         "resume=true",
     )

@@ -16,7 +16,6 @@ from conftest import (
     TINY_SETTINGS,
     TinyRun,
     finished_history,
-    run_cli,
     tiny_overrides,
     write_synthetic_mnist,
 )
@@ -145,34 +144,69 @@ def test_flwr_stop_keeps_the_newest_round_and_resume_gives_the_run_never_stopped
 ) -> None:
     """`flwr stop` mid-run: the newest evaluated round is checkpointed (no regular checkpoint
     falls due after round 0), and `resume=true` under `flwr run` gives the history of the
-    run never stopped, which the Hydra CLI makes here."""
-    import torch
-
-    # rounds long enough (one client of 5,000 examples) for `flwr stop` to land mid-run
+    run never stopped, which the Hydra CLI makes here, beside it."""
+    # Flower's simulation process hears of a stop on its next heartbeat to the SuperLink, up to
+    # `HEARTBEAT_DEFAULT_INTERVAL` (30 s, less the call's timeout) later: the run must outlast
+    # that by rounds to spare on the fastest machine (one client of 5,000 examples, E=5).
     root = write_synthetic_mnist(tmp_path / "data", num_train=20_000)
-    settings = {"num_rounds": 20, "checkpoint_every": 1000, "client_fraction": 0.25}
+    settings = {
+        "num_rounds": 40,
+        "local_epochs": 5,
+        "checkpoint_every": 1000,
+        "client_fraction": 0.25,
+    }
     cli_settings = [f"{key}={value}" for key, value in settings.items()]
     reference = tmp_path / "reference"
-    assert run_cli(*tiny_overrides(root, reference, *cli_settings)).returncode == 0
+    never_stopped = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedavg_mnist.main",
+            *tiny_overrides(root, reference, *cli_settings),
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stopped = tmp_path / "stopped"
+        run_config = {**TINY, **settings, "dataset.root": str(root), "output_dir": str(stopped)}
+        run_id = flower.submit(run_config, SIMULATION)
+        deadline = time.monotonic() + 240
+        while rounds_logged(stopped) < 3:
+            assert time.monotonic() < deadline, flower.log(run_id, until="error")
+            time.sleep(0.05)
+        assert flower.flwr("stop", str(run_id)).returncode == 0
+        assert flower.wait([run_id])[run_id] == "finished:stopped"
+        deadline = time.monotonic() + 90  # the heartbeat, then Flower's exit handlers
+        while _checkpointed_round(stopped) < 1:
+            assert time.monotonic() < deadline, "the stopped run wrote no checkpoint past round 0"
+            time.sleep(0.2)
+        time.sleep(3.0)  # Flower's process may finish the round in flight before it exits
+        logged = rounds_logged(stopped)
+        assert 3 <= logged < 41, "the run was not stopped mid-way"
+        assert _checkpointed_round(stopped) == logged - 1  # the newest round, not round 0
+        assert json.loads((stopped / "results.json").read_text())["finished"] is False
 
-    stopped = tmp_path / "stopped"
-    run_config = {**TINY, **settings, "dataset.root": str(root), "output_dir": str(stopped)}
-    run_id = flower.submit(run_config, SIMULATION)
-    deadline = time.monotonic() + 240
-    while rounds_logged(stopped) < 3:
-        assert time.monotonic() < deadline, flower.log(run_id, until="error")
-        time.sleep(0.05)
-    assert flower.flwr("stop", str(run_id)).returncode == 0
-    assert flower.wait([run_id])[run_id] == "finished:stopped"
-    time.sleep(3.0)  # Flower's process may finish the round in flight before it exits
-    logged = rounds_logged(stopped)
-    assert 3 <= logged < 21, "the run was not stopped mid-way"
-    checkpoint = torch.load(stopped / "checkpoint.pt", weights_only=True)
-    assert checkpoint["server_round"] == logged - 1  # the newest round, not round 0
-    assert json.loads((stopped / "results.json").read_text())["finished"] is False
+        _, errors = never_stopped.communicate(timeout=600)
+        assert never_stopped.returncode == 0, errors
+    finally:
+        never_stopped.kill()
+        never_stopped.wait()
 
     resumed_id = flower.submit({**run_config, "resume": True}, SIMULATION)
     assert flower.wait([resumed_id])[resumed_id] == "finished:completed"
     history = finished_history(stopped)
-    assert [r[0] for r in history] == list(range(21))
+    assert [r[0] for r in history] == list(range(41))
     assert history == finished_history(reference)
+
+
+def _checkpointed_round(run_dir: Path) -> int:
+    """The round of the run directory's checkpoint; -1 before the first one."""
+    import torch
+
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        return -1
+    return int(torch.load(checkpoint, weights_only=True)["server_round"])

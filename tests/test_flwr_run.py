@@ -21,6 +21,7 @@ from conftest import (
 )
 from flower import FlowerHome
 
+from fedavg_mnist.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedavg_mnist.ops.campaign_queue import rounds_logged
 
 pytestmark = pytest.mark.slow  # starts Flower's local SuperLink and `flwr` commands
@@ -204,9 +205,6 @@ def test_flwr_stop_keeps_the_newest_round_and_resume_gives_the_run_never_stopped
 
 def _checkpointed_round(run_dir: Path) -> int:
     """The round of the run directory's checkpoint; -1 before the first one."""
-    import torch
-
-    checkpoint = run_dir / "checkpoint.pt"
-    if not checkpoint.exists():
+    if not (run_dir / CHECKPOINT_FILE).exists():
         return -1
-    return int(torch.load(checkpoint, weights_only=True)["server_round"])
+    return load_checkpoint(run_dir).server_round

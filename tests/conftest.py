@@ -80,6 +80,19 @@ def run_cli(
     )
 
 
+def start_cli(*overrides: str, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Start `python -m fedavg_mnist.main` without waiting, in a session of its own, so that
+    `os.killpg` reaches the run and the Ray workers it starts."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedavg_mnist.main", *overrides],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+
+
 # The tiny run: 2 rounds of the 2NN on 4 clients, 2 a round, in the keys both launchers share.
 TINY_SETTINGS: dict[str, bool | int | float | str] = {
     "model.name": "mlp",

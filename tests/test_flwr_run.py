@@ -1,8 +1,10 @@
 """`flwr run .` as a new user runs it: the same run as the Hydra CLI, the same guarantees."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from conftest import (
     TINY_SETTINGS,
     TinyRun,
     finished_history,
+    start_cli,
     tiny_overrides,
     write_synthetic_mnist,
 )
@@ -158,18 +161,7 @@ def test_flwr_stop_keeps_the_newest_round_and_resume_gives_the_run_never_stopped
     }
     cli_settings = [f"{key}={value}" for key, value in settings.items()]
     reference = tmp_path / "reference"
-    never_stopped = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fedavg_mnist.main",
-            *tiny_overrides(root, reference, *cli_settings),
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    never_stopped = start_cli(*tiny_overrides(root, reference, *cli_settings))
     try:
         stopped = tmp_path / "stopped"
         run_config = {**TINY, **settings, "dataset.root": str(root), "output_dir": str(stopped)}
@@ -195,7 +187,8 @@ def test_flwr_stop_keeps_the_newest_round_and_resume_gives_the_run_never_stopped
         _, errors = never_stopped.communicate(timeout=600)
         assert never_stopped.returncode == 0, errors
     finally:
-        never_stopped.kill()
+        if never_stopped.poll() is None:  # a failed assertion: the run and its Ray workers
+            os.killpg(never_stopped.pid, signal.SIGKILL)
         never_stopped.wait()
     history = finished_history(stopped)
     assert [r[0] for r in history] == list(range(31))

@@ -6,16 +6,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import (
-    PROJECT_ROOT,
     TinyRun,
     finished_history,
     run_cli,
+    start_cli,
     tiny_overrides,
     write_synthetic_mnist,
 )
@@ -39,14 +38,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _start(root: Path, run_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedavg_mnist.main", *tiny_overrides(root, run_dir, *SETTINGS)],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_cli(*tiny_overrides(root, run_dir, *SETTINGS))
 
 
 def _wait_for_rounds(process: subprocess.Popen[str], run_dir: Path, rounds: int) -> None:

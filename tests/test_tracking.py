@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import wandb_log
-from conftest import PROJECT_ROOT, ParallelSweep, finished_history, run_cli, tiny_overrides
+from conftest import (
+    PROJECT_ROOT,
+    ParallelSweep,
+    finished_history,
+    run_cli,
+    start_cli,
+    tiny_overrides,
+)
 
 from fedavg_mnist.config import parse
 from fedavg_mnist.errors import UserError
@@ -43,13 +50,7 @@ def test_tensorboard_logs_each_round_once_across_a_kill_and_resume(
 ) -> None:
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(synthetic_root, run_dir, *SETTINGS, "tracking=tensorboard")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fedavg_mnist.main", *overrides],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = start_cli(*overrides, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while rounds_logged(run_dir) < 8 and process.poll() is None:
         assert time.monotonic() < deadline

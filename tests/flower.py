@@ -121,12 +121,16 @@ class FlowerHome:
     def wait(self, run_ids: list[int], timeout: float = 240) -> dict[int, str]:
         """Wait until the runs have finished; return their statuses."""
         deadline = time.monotonic() + timeout
+        pause = 2.0
         while True:
             statuses = {run_id: self.statuses()[run_id] for run_id in run_ids}
             if all(status.startswith("finished") for status in statuses.values()):
                 return statuses
             assert time.monotonic() < deadline, statuses
-            time.sleep(3.0)  # each `flwr ls` costs a second or two of CPU the run needs
+            # each `flwr ls` costs a second or two of the CPU the run needs: a long run is
+            # asked less often
+            time.sleep(pause)
+            pause = min(pause * 1.5, 10.0)
 
     def log(self, run_id: int, until: str, timeout: float = 60) -> str:
         """The run's log (`flwr log --show`), once it holds `until` (logs arrive late)."""

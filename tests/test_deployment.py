@@ -14,6 +14,7 @@ from conftest import PROJECT_ROOT, TinyRun, finished_history, run_cli, tiny_over
 from flower import free_port, kill_sessions, processes_in_sessions, sessions_of
 
 from fedavg_mnist.ops.certificates import make_supernode_key
+from fedavg_mnist.ops.processes import Processes, descendants, is_alive
 
 pytestmark = pytest.mark.slow  # starts SuperLinks and SuperNodes
 
@@ -128,6 +129,8 @@ def test_a_supernode_killed_mid_run_ends_the_deployment_at_once(
     seen: list[str] = []
     port = int(_read_until(process, r"SuperLink on 127.0.0.1:(\d+)", seen).group(1))
     _read_until(process, r"round\s+1\s+accuracy", seen)
+    tree = descendants([process.pid])  # the SuperLink's flwr-serverapp, in a session of its own
+    assert any(b"flwr-serverapp" in _command(pid) for pid, _ in tree)
     (victim,) = sessions_of(r"flower-supernode .*--node-config partition-id=2 ")
     os.killpg(victim, signal.SIGKILL)
     killed = time.monotonic()
@@ -138,6 +141,34 @@ def test_a_supernode_killed_mid_run_ends_the_deployment_at_once(
     assert len(errors) == 1 and "supernode_2 exited" in errors[0], output
     assert "Traceback" not in output
     assert not _left_behind(port)
+    assert not [pid for pid, started in tree if is_alive((pid, started))]
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _sleeps(process: tuple[int, int]) -> bool:
+    """Whether the process runs `sleep` in a session of its own."""
+    fields = Path(f"/proc/{process[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return _command(process[0]).startswith(b"sleep") and int(fields[3]) == process[0]
+
+
+def test_stop_ends_what_the_processes_started_in_sessions_of_their_own(tmp_path: Path) -> None:
+    """A child that left its parent's session (as Flower's `flwr-serverapp` leaves the
+    SuperLink's) is stopped with it, though the parent's session signal misses it."""
+    processes = Processes(tmp_path, dict(os.environ), tmp_path)
+    processes.start("parent", ["bash", "-c", "setsid sleep 300 & wait"])
+    deadline = time.monotonic() + 10
+    while not (child := [p for p in descendants([processes.named[0][1].pid]) if _sleeps(p)]):
+        assert time.monotonic() < deadline, "the child did not start"
+        time.sleep(0.05)
+    processes.stop()
+    assert processes.exited() is not None
+    assert not is_alive(child[0])
 
 
 def test_insecure_is_refused_off_loopback(tmp_path: Path) -> None:

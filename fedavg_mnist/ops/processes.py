@@ -69,22 +69,79 @@ class Processes:
         return None
 
     def stop(self) -> None:
-        """SIGTERM each session (the newest first), then SIGKILL whatever is left of them."""
+        """SIGTERM each process tree (the newest first), then SIGKILL whatever is left.
+
+        Flower's SuperLink starts its `flwr-serverapp` in a session of its own, which a
+        signal to the SuperLink's session misses: every descendant is found by its parent
+        before anything is signalled, while the tree still holds it, and signalled too.
+        """
+        started = [process.pid for _, process in reversed(self.named)]
+        tree = descendants(started)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for _, process in reversed(self.named):
                 try:
                     os.killpg(process.pid, sig)
                 except ProcessLookupError:
                     pass
+            tree |= descendants(started)  # any started since, while still attached
+            signal_alive(tree, sig)
             deadline = time.monotonic() + STOP_GRACE_S
             for _, process in self.named:
                 try:
                     process.wait(max(deadline - time.monotonic(), 0.01))
                 except subprocess.TimeoutExpired:
                     pass
+            while any(is_alive(p) for p in tree) and time.monotonic() < deadline:
+                time.sleep(0.05)
         for _, process in self.named:  # the sessions' other processes (flwr-clientapp, ...)
             try:
                 os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# A process is named by its PID and start time, so that a PID the kernel has handed to a
+# new process since is never signalled.
+ProcessId = tuple[int, int]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Return the fields of /proc/<pid>/stat after the command name, or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(roots: list[int]) -> set[ProcessId]:
+    """Return every live descendant of the `roots` PIDs (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[ProcessId]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else []:
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+    found: set[ProcessId] = set()
+    pending = list(roots)
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child[0])
+    return found
+
+
+def is_alive(process: ProcessId) -> bool:
+    """Return whether this very process (not a later one with its PID) still runs."""
+    fields = _stat(process[0])
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == process[1]
+
+
+def signal_alive(processes: set[ProcessId], sig: int) -> None:
+    """Send `sig` to each of `processes` that still runs."""
+    for process in processes:
+        if is_alive(process):
+            try:
+                os.kill(process[0], sig)
             except ProcessLookupError:
                 pass
 

@@ -41,6 +41,11 @@ def free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
+# A process is named by its PID and start time, so that a PID the kernel has handed to a
+# new process since is never signalled.
+ProcessId = tuple[int, int]
+
+
 class Processes:
     """The processes a deployment started, each in a session of its own, stopped together."""
 
@@ -76,14 +81,14 @@ class Processes:
         before anything is signalled, while the tree still holds it, and signalled too.
         """
         started = [process.pid for _, process in reversed(self.named)]
-        tree = descendants(started)
+        tree: set[ProcessId] = set()
         for sig in (signal.SIGTERM, signal.SIGKILL):
+            tree |= descendants(started)  # before their parents are signalled: still attached
             for _, process in reversed(self.named):
                 try:
                     os.killpg(process.pid, sig)
                 except ProcessLookupError:
                     pass
-            tree |= descendants(started)  # any started since, while still attached
             signal_alive(tree, sig)
             deadline = time.monotonic() + STOP_GRACE_S
             for _, process in self.named:
@@ -98,11 +103,6 @@ class Processes:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-# A process is named by its PID and start time, so that a PID the kernel has handed to a
-# new process since is never signalled.
-ProcessId = tuple[int, int]
 
 
 def _stat(pid: int) -> list[str] | None:

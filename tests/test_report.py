@@ -421,6 +421,38 @@ def test_figures_fit_the_data_mark_unfinished_runs_and_keep_colours(tmp_path: Pa
     assert figure_title(list(documents.values())).startswith("MNIST, 2NN, K=100, C=0.1:")
 
 
+def test_figure2_panels_give_each_method_its_own_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nine methods, one whose best η differs between the panels: no two curves of a panel
+    share a colour, and a method has the same colour in both panels."""
+    from fedavg_mnist.analysis import figures
+
+    methods = [(1, None), (5, None), (1, 50), (20, None), (1, 10), (5, 50), (20, 50), (5, 10)]
+    methods.append((20, 10))
+    panels: dict[str, list[dict[str, object]]] = {"IID": [], "non-IID": []}
+    for title, partition in (("IID", IID), ("non-IID", NON_IID)):
+        for epochs, batch in methods:
+            lr = 0.215 if (epochs, batch, title) == (1, 50, "IID") else 0.1
+            path = tmp_path / f"{title}_{epochs}_{batch}"
+            fake_run(path, [0.1, 0.5], local_epochs=epochs, batch_size=batch, lr=lr,
+                     partition=partition)  # fmt: skip
+            panels[title].append(json.loads((path / "results.json").read_text()))
+    drawn: list[dict[str, object]] = []
+    real_draw = figures.draw_accuracy
+
+    def spy(ax: object, documents: object, **kwargs: object) -> None:
+        real_draw(ax, documents, **kwargs)  # type: ignore[arg-type]
+        curves = [line for line in ax.get_lines() if "target" not in str(line.get_label())]  # type: ignore[attr-defined]
+        drawn.append({str(c.get_label()).split(" η=")[0]: c.get_color() for c in curves})
+        assert len(curves) == 9 and len({str(c.get_color()) for c in curves}) == 9
+
+    monkeypatch.setattr(figures, "draw_accuracy", spy)
+    figures.plot_accuracy([], [tmp_path / "figure2.png"], panels=panels)
+    assert len(drawn) == 2 and drawn[0] == drawn[1]
+    assert (tmp_path / "figure2.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_seeds_are_drawn_as_a_mean_curve_with_a_band(tmp_path: Path) -> None:
     from matplotlib.figure import Figure
 

@@ -61,13 +61,33 @@ def setting_key(document: dict[str, Any]) -> tuple[Any, ...]:
     return (cfg["local_epochs"], batch_label(cfg["batch_size"]), float(cfg["lr"]))
 
 
-def colours_for(documents: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], Any]:
-    """One colour per setting, assigned in a fixed order, so panels agree."""
+def colours_for(
+    documents: Sequence[dict[str, Any]],
+    panels: Sequence[Sequence[dict[str, Any]]] | None = None,
+) -> dict[tuple[Any, ...], Any]:
+    """One colour per setting, assigned in a fixed order, so panels agree.
+
+    Where every panel holds one η per method (the paper's Figure 2, η in the labels), a
+    colour stands for the method alone, so a method keeps its colour when its best η differs
+    between panels; otherwise for the method and η. More than ten colours come from tab20,
+    so two curves of one panel share a colour only beyond twenty settings.
+    """
     import matplotlib
 
-    palette = matplotlib.colormaps["tab10"]
-    keys = sorted({setting_key(d) for d in documents}, key=repr)
-    return {key: palette(index % palette.N) for index, key in enumerate(keys)}
+    def method(setting: tuple[Any, ...]) -> tuple[Any, ...]:
+        return setting[:2]
+
+    def one_rate_per_method(runs: Sequence[dict[str, Any]]) -> bool:
+        settings = {setting_key(d) for d in runs}
+        return len(settings) == len({method(s) for s in settings})
+
+    settings = {setting_key(d) for d in documents}
+    by_method = all(one_rate_per_method(runs) for runs in (panels or [documents]))
+    colour_key = method if by_method else (lambda setting: setting)
+    keys = sorted({colour_key(s) for s in settings}, key=repr)
+    palette = matplotlib.colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    index = {key: position for position, key in enumerate(keys)}
+    return {s: palette(index[colour_key(s)] % palette.N) for s in settings}
 
 
 def draw_accuracy(
@@ -192,7 +212,7 @@ def plot_accuracy(
     from matplotlib.figure import Figure
 
     every = [run for runs in panels.values() for run in runs] if panels else list(documents)
-    colours = colours_for(every)
+    colours = colours_for(every, list(panels.values()) if panels else None)
     if panels:
         fig = Figure(figsize=(6.5 * len(panels), 5.5))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]  # an array also for one panel

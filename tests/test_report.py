@@ -426,6 +426,8 @@ def test_figure2_panels_give_each_method_its_own_colour(
 ) -> None:
     """Nine methods, one whose best η differs between the panels: no two curves of a panel
     share a colour, and a method has the same colour in both panels."""
+    from matplotlib.axes import Axes
+
     from fedavg_mnist.analysis import figures
 
     methods = [(1, None), (5, None), (1, 50), (20, None), (1, 10), (5, 50), (20, 50), (5, 10)]
@@ -441,9 +443,9 @@ def test_figure2_panels_give_each_method_its_own_colour(
     drawn: list[dict[str, object]] = []
     real_draw = figures.draw_accuracy
 
-    def spy(ax: object, documents: object, **kwargs: object) -> None:
+    def spy(ax: Axes, documents: list[dict[str, object]], **kwargs: object) -> None:
         real_draw(ax, documents, **kwargs)  # type: ignore[arg-type]
-        curves = [line for line in ax.get_lines() if "target" not in str(line.get_label())]  # type: ignore[attr-defined]
+        curves = [line for line in ax.get_lines() if "target" not in str(line.get_label())]
         drawn.append({str(c.get_label()).split(" η=")[0]: c.get_color() for c in curves})
         assert len(curves) == 9 and len({str(c.get_color()) for c in curves}) == 9
 

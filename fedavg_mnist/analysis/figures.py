@@ -55,10 +55,15 @@ def is_unfinished(document: dict[str, Any]) -> bool:
     return not reached and not (document.get("finished") and completed)
 
 
-def setting_key(document: dict[str, Any]) -> tuple[Any, ...]:
-    """Return what a colour stands for: the method (E, B) and η, in every panel alike."""
+def method_key(document: dict[str, Any]) -> tuple[Any, ...]:
+    """Return the method of a run: its E and B."""
     cfg = document["config"]
-    return (cfg["local_epochs"], batch_label(cfg["batch_size"]), float(cfg["lr"]))
+    return (cfg["local_epochs"], batch_label(cfg["batch_size"]))
+
+
+def setting_key(document: dict[str, Any]) -> tuple[Any, ...]:
+    """Return what a colour is looked up by: the method (E, B) and η, in every panel alike."""
+    return (*method_key(document), float(document["config"]["lr"]))
 
 
 def colours_for(
@@ -74,20 +79,15 @@ def colours_for(
     """
     import matplotlib
 
-    def method(setting: tuple[Any, ...]) -> tuple[Any, ...]:
-        return setting[:2]
-
     def one_rate_per_method(runs: Sequence[dict[str, Any]]) -> bool:
-        settings = {setting_key(d) for d in runs}
-        return len(settings) == len({method(s) for s in settings})
+        return len({setting_key(d) for d in runs}) == len({method_key(d) for d in runs})
 
-    settings = {setting_key(d) for d in documents}
     by_method = all(one_rate_per_method(runs) for runs in (panels or [documents]))
-    colour_key = method if by_method else (lambda setting: setting)
-    keys = sorted({colour_key(s) for s in settings}, key=repr)
+    colour_key = method_key if by_method else setting_key
+    keys = sorted({colour_key(d) for d in documents}, key=repr)
     palette = matplotlib.colormaps["tab10" if len(keys) <= 10 else "tab20"]
     index = {key: position for position, key in enumerate(keys)}
-    return {s: palette(index[colour_key(s)] % palette.N) for s in settings}
+    return {setting_key(d): palette(index[colour_key(d)] % palette.N) for d in documents}
 
 
 def draw_accuracy(

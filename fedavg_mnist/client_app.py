@@ -22,11 +22,12 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedavg_mnist.config import RunConfig, from_flower
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.local_training import local_trainer, train_local
 from fedavg_mnist.mnist import load_training_set
 from fedavg_mnist.models import autocast, build_model, place_model, resolve_device
 from fedavg_mnist.partitions import run_partitions
+from fedavg_mnist.settings import from_flower
 
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"

@@ -10,10 +10,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from fedavg_mnist.config import FLAT_DEFAULTS, RunConfig, from_hydra, unflatten
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.presets import tuned_lr
 from fedavg_mnist.run_dir import check_output_dir
+from fedavg_mnist.settings import FLAT_DEFAULTS, from_hydra, unflatten
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 CONFIG_GROUPS = ("model", "experiment", "lr_grid")

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fedavg_mnist.checkpoint import CHECKPOINT_FILE
-from fedavg_mnist.config import RESULT_SETTINGS, RunConfig, flatten
+from fedavg_mnist.config import RESULT_SETTINGS, RunConfig
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.records import RESULTS_FILE, load_results, partition_name
+from fedavg_mnist.settings import flatten
 
 
 def nearest_existing(path: Path) -> Path:

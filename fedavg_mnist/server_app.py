@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedavg_mnist.checkpoint import Checkpoint, Checkpointer, load_checkpoint
-from fedavg_mnist.config import RunConfig, from_flower, gpus_per_client
+from fedavg_mnist.config import RunConfig, gpus_per_client
 from fedavg_mnist.engine import adjusted_engine
 from fedavg_mnist.errors import RunFailure
 from fedavg_mnist.evaluation import EvaluationQueue, StateDict, TargetReached, evaluate
@@ -29,6 +29,7 @@ from fedavg_mnist.partitions import save_run_partitions
 from fedavg_mnist.polling import EngineWakeups
 from fedavg_mnist.records import RunRecorder, load_results, summary_line
 from fedavg_mnist.run_dir import prepare_run_dir, release_run_dir
+from fedavg_mnist.settings import from_flower
 from fedavg_mnist.strategy import (
     SeededCentralDP,
     make_strategy,

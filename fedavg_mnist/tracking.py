@@ -18,9 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedavg_mnist.config import RunConfig, flatten
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.run_dir import nearest_existing
+from fedavg_mnist.settings import flatten
 
 NO_TRACKING = "none"
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> module it needs

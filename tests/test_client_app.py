@@ -17,9 +17,10 @@ from fedavg_mnist.client_app import (
     partition_data,
     train,
 )
-from fedavg_mnist.config import RunConfig, parse
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.models import build_model
 from fedavg_mnist.partitions import run_partitions, save_run_partitions
+from fedavg_mnist.settings import parse
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-from fedavg_mnist.config import (
-    FLAT_DEFAULTS,
-    RunConfig,
-    flatten,
-    from_flower,
-    gpus_per_client,
-    parse,
-)
+from fedavg_mnist.config import RunConfig, gpus_per_client
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.overrides import compose_run_config
+from fedavg_mnist.settings import FLAT_DEFAULTS, flatten, from_flower, parse
 
 
 def test_defaults_are_the_papers_headline_setting() -> None:

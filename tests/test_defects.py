@@ -10,11 +10,11 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from fedavg_mnist import main, mnist
-from fedavg_mnist.config import parse
 from fedavg_mnist.errors import ClientFailure, UserError
 from fedavg_mnist.ops import processes
 from fedavg_mnist.records import RESULTS_FILE
 from fedavg_mnist.run_dir import check_resumable
+from fedavg_mnist.settings import parse
 from fedavg_mnist.storage import write_atomic, write_text_atomic
 
 # Every module of the package; the import test below imports each in a fresh interpreter.

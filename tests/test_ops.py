@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from fedavg_mnist.checkpoint import CHECKPOINT_FILE
-from fedavg_mnist.config import parse
 from fedavg_mnist.engine import RAY_ADDRESS, ray_of_its_own
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.ops.campaign_queue import (
@@ -31,6 +30,7 @@ from fedavg_mnist.ops.certificates import (
 )
 from fedavg_mnist.ops.deployment import run_config_for, toml_value
 from fedavg_mnist.records import RESULTS_FILE
+from fedavg_mnist.settings import parse
 
 
 @pytest.fixture

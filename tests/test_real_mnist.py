@@ -47,7 +47,7 @@ def test_clients_read_the_real_training_set_as_the_whole_set_conversion() -> Non
 
 
 def _real_config(**settings: object):
-    from fedavg_mnist.config import parse
+    from fedavg_mnist.settings import parse
 
     root = str(real_mnist_root())
     return parse({"dataset.root": root, "dataset.download": False, **settings})

@@ -13,10 +13,11 @@ from flwr.app import (
 from torch import nn
 
 from fedavg_mnist.client_app import PARTITION_ID_KEY
-from fedavg_mnist.config import StrategyConfig, num_sampled_clients, parse
+from fedavg_mnist.config import StrategyConfig, num_sampled_clients
 from fedavg_mnist.errors import ClientFailure, UserError
 from fedavg_mnist.evaluation import evaluate
 from fedavg_mnist.federation import check_node, discover_partitions
+from fedavg_mnist.settings import parse
 from fedavg_mnist.strategy import PaperSampling, make_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

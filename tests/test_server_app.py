@@ -25,7 +25,7 @@ from fedavg_mnist.client_app import (
     partition_data,
     train,
 )
-from fedavg_mnist.config import RunConfig, parse
+from fedavg_mnist.config import RunConfig
 from fedavg_mnist.evaluation import evaluate
 from fedavg_mnist.local_training import train_local
 from fedavg_mnist.mnist import load_test_set
@@ -37,6 +37,7 @@ from fedavg_mnist.server_app import (
     prepare_run,
     run_server,
 )
+from fedavg_mnist.settings import parse
 from fedavg_mnist.strategy import sample_partitions
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

@@ -20,7 +20,6 @@ from fedavg_mnist.config import (
     DifferentialPrivacyConfig,
     RunConfig,
     StrategyConfig,
-    parse,
 )
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.local_training import train_local
@@ -29,6 +28,7 @@ from fedavg_mnist.privacy import RDP_ORDERS, epsilon, privacy_record
 from fedavg_mnist.records import summary_line
 from fedavg_mnist.run_dir import result_settings
 from fedavg_mnist.server_app import prepare_run, run_server
+from fedavg_mnist.settings import parse
 from fedavg_mnist.strategy import FLOWER_ARGUMENT, STRATEGIES, make_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

@@ -21,9 +21,9 @@ from conftest import (
     tiny_overrides,
 )
 
-from fedavg_mnist.config import parse
 from fedavg_mnist.errors import UserError
 from fedavg_mnist.ops.campaign_queue import rounds_logged
+from fedavg_mnist.settings import parse
 from fedavg_mnist.tracking import check_tracking, hyperparameters, round_scalars
 
 SETTINGS = ["num_rounds=12", "checkpoint_every=5", "client_fraction=0.25"]

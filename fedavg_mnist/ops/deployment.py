@@ -27,7 +27,6 @@ from datetime import datetime
 from pathlib import Path
 from queue import Empty, Queue
 
-from fedavg_mnist.config import parse
 from fedavg_mnist.errors import ClientFailure, UserError
 from fedavg_mnist.ops.certificates import (
     CA_CERT,
@@ -46,6 +45,7 @@ from fedavg_mnist.ops.processes import (
     wait_for_port,
 )
 from fedavg_mnist.records import RESULTS_FILE
+from fedavg_mnist.settings import parse
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the Flower app: pyproject.toml's folder
 CONNECTION = "fedavg-deployment"

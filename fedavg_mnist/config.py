@@ -1,8 +1,8 @@
 """The run's settings: one typed, frozen `RunConfig`, read by both apps.
 
-Every setting, its default and its check live here; `settings.py` reads the launchers' flat
-maps of dotted keys into a `RunConfig`. The paper's words (K, C, E, B, η, the 2NN and the
-targets) are defined here, once.
+Every setting and its default live here; `settings.py` reads the launchers' flat maps of
+dotted keys into a `RunConfig` and checks each value's type and range. The paper's words (K,
+C, E, B, η, the 2NN and the targets) are defined here, once.
 """
 
 from collections.abc import Mapping

@@ -75,11 +75,13 @@ def _flat_value(key: str, value: Any) -> bool | int | float | str:
     return value
 
 
+_SCHEMA_DEFAULTS = flatten(asdict(RunConfig()))
 # Every setting and its default, as pyproject's `[tool.flwr.app.config]` holds them.
 FLAT_DEFAULTS: dict[str, bool | int | float | str] = {
-    key: _flat_value(key, value) for key, value in flatten(asdict(RunConfig())).items()
+    key: _flat_value(key, value) for key, value in _SCHEMA_DEFAULTS.items()
 }
-_TYPES = {key: type(value) for key, value in flatten(asdict(RunConfig())).items()}
+# A default of None says nothing of the type; those three settings name theirs.
+_TYPES = {key: type(value) for key, value in _SCHEMA_DEFAULTS.items()}
 _TYPES |= {"batch_size": int, "target_accuracy": float, "client_resources.num_gpus": float}
 
 

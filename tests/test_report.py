@@ -210,6 +210,12 @@ def test_report_cells(fake_sweep: Path, tmp_path: Path) -> None:
     assert "IID, B=∞" not in every_cell  # cells without a run are left out
 
 
+def test_a_run_begun_without_a_round_reads_as_started(tmp_path: Path) -> None:
+    fake_run(tmp_path / "runs" / "0", [0.1], client_fraction=0.5, num_rounds=100, finished=False)
+    md_path, _ = write_report(load_runs([tmp_path / "runs"]), tmp_path / "report")
+    assert "| 0.5 | not run | — |  | started, no round yet | 75 (4.2×) |  |" in md_path.read_text()
+
+
 def test_a_rate_stopped_too_soon_is_not_beaten(tmp_path: Path) -> None:
     """The rule for "best η": a rate loses only once run to the target, or for 1.5 times the
     winner's rounds without reaching it; a cell whose other rates did neither is marked."""
@@ -530,3 +536,25 @@ def test_strategies_compare_by_partition_over_seeds(tmp_path: Path) -> None:
     assert comparison.main([*seed_0, "--out", str(out)]) == 0
     only_fedavg = [p for p in runs.iterdir() if p.name.startswith("fedavg")]
     assert comparison.main([str(p) for p in only_fedavg]) == 2
+
+
+def _sections(markdown: str) -> dict[str, list[str]]:
+    """Each heading of a markdown file with the non-blank lines under it."""
+    sections: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            lines = sections.setdefault(line, [])
+        elif line.strip():
+            lines.append(line)
+    return sections
+
+
+def test_the_results_page_shows_the_saved_report_tables() -> None:
+    """docs/results.md's paper tables are the committed report's, word for word."""
+    report = _sections((PROJECT_ROOT / "docs" / "runs" / "table.md").read_text())
+    page = _sections((PROJECT_ROOT / "docs" / "results.md").read_text())
+    tables = [heading for heading in report if heading.lstrip("#").strip().startswith("Table")]
+    assert len(tables) == 8  # four paper tables, and the per-cell table of each
+    for heading in tables:
+        assert page.get(heading) == report[heading], heading

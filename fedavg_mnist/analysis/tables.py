@@ -149,9 +149,9 @@ def ours_text(result: CellResult) -> str:
         return "not run"
     if run.status == REACHED:
         return rounds_text(run.rounds_to_target, result.speedup, not result.is_reference)
-    if run.completed_rounds == 0:  # a queued cell that has begun: only round 0 evaluated
+    if run.best_accuracy is None:  # a queued cell that has begun: only round 0 evaluated
         return "started, no round yet"
-    best = f"{run.best_accuracy:.2%}" if run.best_accuracy is not None else "no round"
+    best = f"{run.best_accuracy:.2%}"
     if run.status == NOT_REACHED:
         return f"— (best {best} in {run.completed_rounds})"
     return f"unfinished (best {best} after {run.completed_rounds})"
